@@ -400,20 +400,7 @@ impl Allocator {
             }
         }
         for ip in ips {
-            let pool = self.pool_of(*ip).ok_or(AllocationError::NotInAnyPool(*ip))?;
-            if !self.declares(pool, *ip) {
-                return Err(AllocationError::NotInAnyPool(*ip));
-            }
-            self.check_pool(ctx, pool)?;
-            if let Some(requested) = &ctx.request.pool
-                && requested != pool
-            {
-                return Err(AllocationError::WrongPool {
-                    ip: *ip,
-                    actual: pool.to_string(),
-                    requested: requested.clone(),
-                });
-            }
+            self.fitting_pool(ctx, *ip)?;
             if let Some(u) = self.ips.get(ip)
                 && let Some(reason) = sharing_refusal(u, ctx.key, ctx.request)
             {
@@ -426,6 +413,42 @@ impl Allocator {
             }
         }
         Ok(())
+    }
+
+    /// The pool that makes `ip` valid for this Service: any pool declaring it (addresses in an
+    /// overlap are declared by several; the pool it is counted in comes first) that allows the
+    /// Service and is the one it asked for, if it asked. Validity is per Service, so sharers
+    /// from different namespaces may each be covered by a different overlapping pool.
+    fn fitting_pool(&self, ctx: ServiceContext<'_>, ip: IpAddr) -> Result<String, AllocationError> {
+        let fi = family_index(Family::of(ip));
+        let counted_in = self.ips.get(&ip).and_then(|u| u.pool.as_deref());
+        let mut candidates: Vec<&str> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.declared[fi].contains(ip_to_u128(ip)))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if let Some(i) = candidates.iter().position(|p| Some(*p) == counted_in) {
+            let p = candidates.remove(i);
+            candidates.insert(0, p);
+        }
+        let mut first_error = AllocationError::NotInAnyPool(ip);
+        for (i, pool) in candidates.iter().enumerate() {
+            let fits = self.check_pool(ctx, pool).and_then(|()| match &ctx.request.pool {
+                Some(requested) if requested != pool => Err(AllocationError::WrongPool {
+                    ip,
+                    actual: pool.to_string(),
+                    requested: requested.clone(),
+                }),
+                _ => Ok(()),
+            });
+            match fits {
+                Ok(()) => return Ok(pool.to_string()),
+                Err(e) if i == 0 => first_error = e,
+                Err(_) => {}
+            }
+        }
+        Err(first_error)
     }
 
     fn check_pool(&self, ctx: ServiceContext<'_>, pool: &str) -> Result<(), AllocationError> {
@@ -454,7 +477,10 @@ impl Allocator {
 
     fn hold(&mut self, ctx: ServiceContext<'_>, ip: IpAddr) {
         if !self.ips.contains_key(&ip) {
-            let pool = self.declaring_pool(ip).map(str::to_string);
+            let pool = self
+                .fitting_pool(ctx, ip)
+                .ok()
+                .or_else(|| self.declaring_pool(ip).map(str::to_string));
             self.take_from_pool(pool.as_deref(), ip);
             if let (Some(pool), Some(key)) = (&pool, &ctx.request.sharing_key) {
                 self.shared

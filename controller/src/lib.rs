@@ -5,3 +5,4 @@
 
 pub mod allocator;
 pub mod free_list;
+pub mod index;
