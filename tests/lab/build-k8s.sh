@@ -16,7 +16,8 @@ set -euo pipefail
 K8S_VERSION="v1.34.4"
 
 lab_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_root="${HERALD_CACHE:-$HOME/.cache/herald}"
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+cache_root="${HERALD_CACHE:-${home}/.cache/herald}"
 out_dir="${cache_root}/k8s-${K8S_VERSION}"
 bin_dir="${out_dir}/bin"
 stamp_file="${out_dir}/stamp"
@@ -96,7 +97,7 @@ trap 'rm -rf "${stage}"' EXIT
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=""
 start=${SECONDS}
 log "building kube-apiserver and kube-proxy ${K8S_VERSION} with $(go env GOVERSION)" \
-  "(first build takes many minutes on 2 cores)"
+  "(a cold build takes about 3 minutes on 2 cores)"
 (
   cd "${lab_dir}/k8s"
   go build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${stage}/" \
