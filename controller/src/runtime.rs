@@ -178,6 +178,16 @@ fn apply(
     }
 }
 
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -210,6 +220,12 @@ pub async fn run(
         metrics.clone(),
     ));
 
+    // Aborting `run` (a crash, in tests) must stop the election and writers with it.
+    let _tasks = AbortOnDrop(vec![
+        election.abort_handle(),
+        status_writer.abort_handle(),
+        event_writer.abort_handle(),
+    ]);
     let mut index = ControllerIndex::new(ServedClass(settings.class.clone()));
     let mut sync = Sync::default();
     let mut pool_writer = PoolStatusWriter::default();
