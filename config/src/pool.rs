@@ -109,6 +109,9 @@ pub const ADDRESS_ENTRY_RULE: &str = "isCIDR(self) || isIP(self) || (self.split(
      && isIP(self.split('-')[0].trim()) && isIP(self.split('-')[1].trim()) \
      && ip(self.split('-')[0].trim()).family() == ip(self.split('-')[1].trim()).family())";
 
+/// The refusal message, naming the offending entry.
+pub const ADDRESS_ENTRY_MESSAGE: &str = "'\\'' + self + '\\' must be a CIDR (192.0.2.0/28), a range of one family (192.0.2.10-192.0.2.20) or a single IP'";
+
 fn address_list_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
@@ -120,6 +123,7 @@ fn address_list_schema(_: &mut SchemaGenerator) -> Schema {
             "x-kubernetes-validations": [{
                 "rule": ADDRESS_ENTRY_RULE,
                 "message": "must be a CIDR (192.0.2.0/28), a range of one family (192.0.2.10-192.0.2.20) or a single IP",
+                "messageExpression": ADDRESS_ENTRY_MESSAGE,
             }],
         },
     })
