@@ -262,9 +262,15 @@ mod tests {
     #[test]
     fn parses_cidr_range_and_single() {
         let r = IpRange::parse("192.0.2.0/28").unwrap();
-        assert_eq!((r.first(), r.last(), r.len()), (ip("192.0.2.0"), ip("192.0.2.15"), 16));
+        assert_eq!(
+            (r.first(), r.last(), r.len()),
+            (ip("192.0.2.0"), ip("192.0.2.15"), 16)
+        );
         let r = IpRange::parse("192.0.2.10 - 192.0.2.20").unwrap();
-        assert_eq!((r.first(), r.last(), r.len()), (ip("192.0.2.10"), ip("192.0.2.20"), 11));
+        assert_eq!(
+            (r.first(), r.last(), r.len()),
+            (ip("192.0.2.10"), ip("192.0.2.20"), 11)
+        );
         let r = IpRange::parse("2001:db8::5").unwrap();
         assert_eq!((r.family(), r.len()), (Family::V6, 1));
         let r = IpRange::parse("2001:db8::/64").unwrap();
@@ -277,9 +283,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_entries_with_reason() {
-        assert!(matches!(IpRange::parse("192.0.2.0/33"), Err(AddressError::Malformed { .. })));
-        assert!(matches!(IpRange::parse("not-an-ip"), Err(AddressError::Malformed { .. })));
-        assert!(matches!(IpRange::parse(""), Err(AddressError::Malformed { .. })));
+        assert!(matches!(
+            IpRange::parse("192.0.2.0/33"),
+            Err(AddressError::Malformed { .. })
+        ));
+        assert!(matches!(
+            IpRange::parse("not-an-ip"),
+            Err(AddressError::Malformed { .. })
+        ));
+        assert!(matches!(
+            IpRange::parse(""),
+            Err(AddressError::Malformed { .. })
+        ));
         assert!(matches!(
             IpRange::parse("192.0.2.20-192.0.2.10"),
             Err(AddressError::Reversed { .. })
@@ -288,7 +303,9 @@ mod tests {
             IpRange::parse("192.0.2.1-2001:db8::1"),
             Err(AddressError::MixedFamilies { .. })
         ));
-        let msg = IpRange::parse("192.0.2.20-192.0.2.10").unwrap_err().to_string();
+        let msg = IpRange::parse("192.0.2.20-192.0.2.10")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("starts after it ends"), "{msg}");
     }
 

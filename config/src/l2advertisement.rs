@@ -53,7 +53,9 @@ pub struct L2AdvertisementSpec {
 }
 
 /// A Linux interface name (at most 15 bytes, IFNAMSIZ - 1).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct InterfaceName(
     #[schemars(length(min = 1, max = 15), regex(pattern = r"^[^\s/:]+$"))] pub String,

@@ -63,9 +63,11 @@ impl PoolPolicy {
         for (i, entry) in spec.addresses.iter().enumerate() {
             match IpRange::parse(entry) {
                 Ok(r) => ranges.push(r),
-                Err(e @ (AddressError::Malformed { .. }
-                | AddressError::MixedFamilies { .. }
-                | AddressError::Reversed { .. })) => {
+                Err(
+                    e @ (AddressError::Malformed { .. }
+                    | AddressError::MixedFamilies { .. }
+                    | AddressError::Reversed { .. }),
+                ) => {
                     invalid.push(format!("spec.addresses[{i}]: {e}"));
                 }
             }
@@ -113,11 +115,17 @@ impl PoolPolicy {
 
     /// Whether a Service in `namespace` (labelled `namespace_labels`) with `service_labels` may
     /// use this pool at all — by request or automatically.
-    pub fn allows(&self, namespace: &str, namespace_labels: &Labels, service_labels: &Labels) -> bool {
+    pub fn allows(
+        &self,
+        namespace: &str,
+        namespace_labels: &Labels,
+        service_labels: &Labels,
+    ) -> bool {
         let Some(rules) = &self.allocation else {
             return true;
         };
-        let namespace_limited = !rules.namespaces.is_empty() || !rules.namespace_selectors.is_empty();
+        let namespace_limited =
+            !rules.namespaces.is_empty() || !rules.namespace_selectors.is_empty();
         if namespace_limited
             && !rules.namespaces.iter().any(|n| n == namespace)
             && !rules
@@ -165,7 +173,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn spec(addresses: &[&str], allocation: Option<ServiceAllocation>) -> IPAddressPoolSpec {
@@ -189,7 +200,11 @@ mod tests {
         let p = PoolPolicy::from_spec("p", &spec(&["192.0.2.9-192.0.2.1", "192.0.2.16/28"], None));
         assert_eq!(p.ranges.len(), 1);
         assert_eq!(p.invalid.len(), 1);
-        assert!(p.invalid[0].starts_with("spec.addresses[0]: "), "{:?}", p.invalid);
+        assert!(
+            p.invalid[0].starts_with("spec.addresses[0]: "),
+            "{:?}",
+            p.invalid
+        );
     }
 
     #[test]

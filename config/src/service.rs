@@ -148,7 +148,9 @@ pub enum ServiceInputError {
         family: Family,
     },
     /// Both `spec.loadBalancerIP` and the annotation.
-    #[error("spec.loadBalancerIP and the {annotation} annotation are both set; use only the annotation")]
+    #[error(
+        "spec.loadBalancerIP and the {annotation} annotation are both set; use only the annotation"
+    )]
     BothIpSources {
         /// The annotation key.
         annotation: String,
@@ -176,7 +178,9 @@ pub enum ServiceInputError {
         service_families: String,
     },
     /// RequireDualStack with a single requested IP.
-    #[error("ipFamilyPolicy RequireDualStack needs one IPv4 and one IPv6 requested IP, got {count}")]
+    #[error(
+        "ipFamilyPolicy RequireDualStack needs one IPv4 and one IPv6 requested IP, got {count}"
+    )]
     DualStackNeedsTwo {
         /// How many were requested.
         count: usize,
@@ -260,7 +264,10 @@ fn parse_ips(source_name: &str, text: &str) -> Result<Vec<IpAddr>, ServiceInputE
             source_name: source_name.to_string(),
             value: part.to_string(),
         })?;
-        if let Some(prev) = ips.iter().find(|p: &&IpAddr| Family::of(**p) == Family::of(ip)) {
+        if let Some(prev) = ips
+            .iter()
+            .find(|p: &&IpAddr| Family::of(**p) == Family::of(ip))
+        {
             let _ = prev;
             return Err(ServiceInputError::SameFamilyTwice {
                 source_name: source_name.to_string(),
@@ -443,8 +450,17 @@ mod tests {
         .unwrap();
         assert_eq!(r.pool.as_deref(), Some("gold"));
         assert_eq!(r.sharing_key.as_deref(), Some("k"));
-        assert_eq!(r.deprecated_annotations, vec!["metallb.universe.tf/address-pool"]);
-        assert_eq!(r.ports, vec![ServicePort { protocol: "TCP".into(), port: 80 }]);
+        assert_eq!(
+            r.deprecated_annotations,
+            vec!["metallb.universe.tf/address-pool"]
+        );
+        assert_eq!(
+            r.ports,
+            vec![ServicePort {
+                protocol: "TCP".into(),
+                port: 80
+            }]
+        );
     }
 
     #[test]
@@ -452,25 +468,39 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("herald.dev/loadBalancerIPs", "banana")], "not an IP"),
             (
-                &[("herald.dev/loadBalancerIPs", "192.0.2.1,192.0.2.2,192.0.2.3")],
+                &[(
+                    "herald.dev/loadBalancerIPs",
+                    "192.0.2.1,192.0.2.2,192.0.2.3",
+                )],
                 "at most 2",
             ),
-            (&[("herald.dev/loadBalancerIPs", "192.0.2.1,192.0.2.2")], "two IPv4"),
             (
-                &[("herald.dev/address-pool", "a"), ("metallb.io/address-pool", "b")],
+                &[("herald.dev/loadBalancerIPs", "192.0.2.1,192.0.2.2")],
+                "two IPv4",
+            ),
+            (
+                &[
+                    ("herald.dev/address-pool", "a"),
+                    ("metallb.io/address-pool", "b"),
+                ],
                 "disagree",
             ),
             (&[("herald.dev/address-pool", " ")], "empty"),
-            (&[("herald.dev/loadBalancerIPs", "2001:db8::1")], "ipFamilies"),
+            (
+                &[("herald.dev/loadBalancerIPs", "2001:db8::1")],
+                "ipFamilies",
+            ),
         ];
         for (annotations, expected) in cases {
-            let err = parse_request(&svc(annotations, lb())).unwrap_err().to_string();
+            let err = parse_request(&svc(annotations, lb()))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{annotations:?}: {err}");
         }
         let mut spec = lb();
         spec.load_balancer_ip = Some("192.0.2.1".into());
-        let err = parse_request(&svc(&[("metallb.io/loadBalancerIPs", "192.0.2.1")], spec))
-            .unwrap_err();
+        let err =
+            parse_request(&svc(&[("metallb.io/loadBalancerIPs", "192.0.2.1")], spec)).unwrap_err();
         assert!(matches!(err, ServiceInputError::BothIpSources { .. }));
     }
 
@@ -480,10 +510,16 @@ mod tests {
         spec.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
         spec.ip_family_policy = Some("RequireDualStack".into());
         let r = parse_request(&svc(&[], spec.clone())).unwrap();
-        assert_eq!(r.families, FamilyPolicy::RequireDual(Family::V6, Family::V4));
+        assert_eq!(
+            r.families,
+            FamilyPolicy::RequireDual(Family::V6, Family::V4)
+        );
         let err = parse_request(&svc(&[("herald.dev/loadBalancerIPs", "2001:db8::1")], spec))
             .unwrap_err();
-        assert!(matches!(err, ServiceInputError::DualStackNeedsTwo { count: 1 }));
+        assert!(matches!(
+            err,
+            ServiceInputError::DualStackNeedsTwo { count: 1 }
+        ));
         let mut spec = lb();
         spec.ip_family_policy = Some("PreferDualStack".into());
         let r = parse_request(&svc(&[], spec)).unwrap();

@@ -210,7 +210,10 @@ fn sharing_refusal(existing: &IpUse, key: &ServiceKey, request: &ServiceRequest)
     }
     for (other, ports) in others {
         if let Some(p) = ports.iter().find(|p| request.ports.contains(p)) {
-            return Some(format!("port {}/{} is also used by {other}", p.port, p.protocol));
+            return Some(format!(
+                "port {}/{} is also used by {other}",
+                p.port, p.protocol
+            ));
         }
     }
     None
@@ -258,8 +261,20 @@ impl Allocator {
                             let (s, e) = (sa.max(sb), ea.min(eb));
                             if s <= e {
                                 let range = IpRange::from_numbers(family, s, e);
-                                overlaps.push((a.clone(), Overlap { other: b.clone(), range }));
-                                overlaps.push((b.clone(), Overlap { other: a.clone(), range }));
+                                overlaps.push((
+                                    a.clone(),
+                                    Overlap {
+                                        other: b.clone(),
+                                        range,
+                                    },
+                                ));
+                                overlaps.push((
+                                    b.clone(),
+                                    Overlap {
+                                        other: a.clone(),
+                                        range,
+                                    },
+                                ));
                             }
                         }
                     }
@@ -346,7 +361,10 @@ impl Allocator {
 
     /// Addresses a pool shares with others.
     pub fn overlaps(&self, pool: &str) -> &[Overlap] {
-        self.pools.get(pool).map(|p| p.overlaps.as_slice()).unwrap_or(&[])
+        self.pools
+            .get(pool)
+            .map(|p| p.overlaps.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Counts for a pool's status and metrics.
@@ -434,14 +452,16 @@ impl Allocator {
         }
         let mut first_error = AllocationError::NotInAnyPool(ip);
         for (i, pool) in candidates.iter().enumerate() {
-            let fits = self.check_pool(ctx, pool).and_then(|()| match &ctx.request.pool {
-                Some(requested) if requested != pool => Err(AllocationError::WrongPool {
-                    ip,
-                    actual: pool.to_string(),
-                    requested: requested.clone(),
-                }),
-                _ => Ok(()),
-            });
+            let fits = self
+                .check_pool(ctx, pool)
+                .and_then(|()| match &ctx.request.pool {
+                    Some(requested) if requested != pool => Err(AllocationError::WrongPool {
+                        ip,
+                        actual: pool.to_string(),
+                        requested: requested.clone(),
+                    }),
+                    _ => Ok(()),
+                });
             match fits {
                 Ok(()) => return Ok(pool.to_string()),
                 Err(e) if i == 0 => first_error = e,
@@ -521,7 +541,10 @@ impl Allocator {
             if !u.holders.is_empty() {
                 continue;
             }
-            let u = self.ips.remove(&ip).unwrap_or_else(|| unreachable!("present above"));
+            let u = self
+                .ips
+                .remove(&ip)
+                .unwrap_or_else(|| unreachable!("present above"));
             if let Some(pool) = &u.pool {
                 if let Some(key) = &u.sharing_key
                     && let Some(set) = self.shared.get_mut(&(pool.clone(), key.clone()))
@@ -572,7 +595,10 @@ impl Allocator {
         let held: Vec<IpAddr> = self.ips_of(ctx.key).to_vec();
         let held_families: Vec<Family> = held.iter().map(|ip| Family::of(*ip)).collect();
         let missing = [a, b].into_iter().find(|f| !held_families.contains(f))?;
-        let prefer = held.first().and_then(|ip| self.pool_of(*ip)).map(str::to_string);
+        let prefer = held
+            .first()
+            .and_then(|ip| self.pool_of(*ip))
+            .map(str::to_string);
         let ips = self
             .choose(ctx, &FamilyPolicy::Single(missing), prefer.as_deref())
             .ok()?;

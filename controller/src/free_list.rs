@@ -111,9 +111,9 @@ impl FreeList {
 
     /// How many numbers are in the set (saturating).
     pub fn len(&self) -> u128 {
-        self.spans
-            .iter()
-            .fold(0u128, |acc, (&s, &e)| acc.saturating_add((e - s).saturating_add(1)))
+        self.spans.iter().fold(0u128, |acc, (&s, &e)| {
+            acc.saturating_add((e - s).saturating_add(1))
+        })
     }
 
     /// Whether the set is empty.

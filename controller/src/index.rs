@@ -10,12 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use herald_config::pool::{CONDITION_OVERLAPPING, CONDITION_VALID, IPAddressPool, IPAddressPoolSpec};
+use herald_config::Family;
+use herald_config::pool::{
+    CONDITION_OVERLAPPING, CONDITION_VALID, IPAddressPool, IPAddressPoolSpec,
+};
 use herald_config::selection::{Labels, PoolPolicy};
 use herald_config::service::{
-    FamilyPolicy, ServedClass, ServiceInputError, ServiceKey, ServiceRequest, is_ours, parse_request,
+    FamilyPolicy, ServedClass, ServiceInputError, ServiceKey, ServiceRequest, is_ours,
+    parse_request,
 };
-use herald_config::Family;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::jiff::Timestamp;
 
@@ -172,7 +175,10 @@ fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
 }
 
 fn join_ips(ips: &[IpAddr]) -> String {
-    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl ControllerIndex {
@@ -498,7 +504,10 @@ impl ControllerIndex {
             }
         }
 
-        if !view.request.as_ref().map_or(true, |r| r.deprecated_annotations.is_empty())
+        if !view
+            .request
+            .as_ref()
+            .map_or(true, |r| r.deprecated_annotations.is_empty())
             && !view.deprecated_reported
         {
             let keys = view
@@ -517,7 +526,9 @@ impl ControllerIndex {
             }
         }
 
-        let Some(view) = self.services.get(key) else { return };
+        let Some(view) = self.services.get(key) else {
+            return;
+        };
         let request = match &view.request {
             Ok(r) => r.clone(),
             Err(e) => {
@@ -532,7 +543,11 @@ impl ControllerIndex {
             }
         };
         let empty = Labels::new();
-        let namespace_labels = self.namespaces.get(&key.namespace).unwrap_or(&empty).clone();
+        let namespace_labels = self
+            .namespaces
+            .get(&key.namespace)
+            .unwrap_or(&empty)
+            .clone();
         let service_labels = view.labels.clone();
         let status_ips = view.status_ips.clone();
         let adopt_error = view.adopt_error.clone();
@@ -635,7 +650,13 @@ impl ControllerIndex {
         }
     }
 
-    fn event(&self, key: &ServiceKey, warning: bool, reason: &'static str, message: String) -> Action {
+    fn event(
+        &self,
+        key: &ServiceKey,
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    ) -> Action {
         Action::Event(EventRecord {
             regarding: Regarding::Service {
                 key: key.clone(),
@@ -678,7 +699,8 @@ impl ControllerIndex {
         let Some(view) = self.services.get_mut(key) else {
             return;
         };
-        if view.written.as_ref() == Some(&ips) || (view.written.is_none() && view.status_ips == ips) {
+        if view.written.as_ref() == Some(&ips) || (view.written.is_none() && view.status_ips == ips)
+        {
             return;
         }
         let shrinks = view.status_ips.iter().any(|ip| !ips.contains(ip));

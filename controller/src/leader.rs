@@ -10,8 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -65,7 +65,11 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Lease
     }
 }
 
-fn lease_spec(settings: &LeaseSettings, previous: Option<&LeaseSpec>, transition: bool) -> LeaseSpec {
+fn lease_spec(
+    settings: &LeaseSettings,
+    previous: Option<&LeaseSpec>,
+    transition: bool,
+) -> LeaseSpec {
     let now = MicroTime(Timestamp::now());
     let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
     LeaseSpec {
@@ -87,10 +91,14 @@ fn lease_spec(settings: &LeaseSettings, previous: Option<&LeaseSpec>, transition
 }
 
 /// One attempt: returns whether we hold the Lease afterwards.
-async fn try_acquire_or_renew(api: &Api<Lease>, settings: &LeaseSettings) -> Result<bool, kube::Error> {
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    settings: &LeaseSettings,
+) -> Result<bool, kube::Error> {
     let current = api.get_opt(&settings.name).await?;
     let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-    let LeaseDecision::Take { transition } = decide(spec, &settings.identity, Timestamp::now()) else {
+    let LeaseDecision::Take { transition } = decide(spec, &settings.identity, Timestamp::now())
+    else {
         return Ok(false);
     };
     let result = match current {
@@ -125,13 +133,18 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
     let Ok(Some(mut lease)) = api.get_opt(&settings.name).await else {
         return;
     };
-    let Some(spec) = lease.spec.as_mut() else { return };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
     if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
         return;
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
-    if let Err(e) = api.replace(&settings.name, &PostParams::default(), &lease).await {
+    if let Err(e) = api
+        .replace(&settings.name, &PostParams::default(), &lease)
+        .await
+    {
         tracing::warn!(error = %e, "could not release the leader Lease");
     }
 }
@@ -149,7 +162,9 @@ pub async fn run(
         match try_acquire_or_renew(&api, &settings).await {
             Ok(true) => last_renew = Some(Instant::now()),
             Ok(false) => last_renew = None,
-            Err(e) => tracing::warn!(error = %e, lease = %settings.name, "leader election attempt failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %settings.name, "leader election attempt failed")
+            }
         }
         let leader = last_renew.is_some_and(|t| t.elapsed() < settings.renew_deadline);
         leading.send_if_modified(|current| {
@@ -190,10 +205,25 @@ mod tests {
     #[test]
     fn decisions() {
         let now = Timestamp::now();
-        assert_eq!(decide(None, "a", now), LeaseDecision::Take { transition: true });
-        assert_eq!(decide(Some(&spec(Some("a"), 1, 15)), "a", now), LeaseDecision::Take { transition: false });
-        assert_eq!(decide(Some(&spec(Some("b"), 1, 15)), "a", now), LeaseDecision::Wait);
-        assert_eq!(decide(Some(&spec(Some("b"), 20, 15)), "a", now), LeaseDecision::Take { transition: true });
-        assert_eq!(decide(Some(&spec(None, 1, 15)), "a", now), LeaseDecision::Take { transition: true });
+        assert_eq!(
+            decide(None, "a", now),
+            LeaseDecision::Take { transition: true }
+        );
+        assert_eq!(
+            decide(Some(&spec(Some("a"), 1, 15)), "a", now),
+            LeaseDecision::Take { transition: false }
+        );
+        assert_eq!(
+            decide(Some(&spec(Some("b"), 1, 15)), "a", now),
+            LeaseDecision::Wait
+        );
+        assert_eq!(
+            decide(Some(&spec(Some("b"), 20, 15)), "a", now),
+            LeaseDecision::Take { transition: true }
+        );
+        assert_eq!(
+            decide(Some(&spec(None, 1, 15)), "a", now),
+            LeaseDecision::Take { transition: true }
+        );
     }
 }

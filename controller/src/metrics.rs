@@ -96,8 +96,16 @@ impl Metrics {
             "Time to reconcile one batch of changes",
             reconcile_duration.clone(),
         );
-        registry.register("controller_leader", "1 while this replica is the leader", leader.clone());
-        registry.register("controller_api_writes", "API writes by kind and result", writes.clone());
+        registry.register(
+            "controller_leader",
+            "1 while this replica is the leader",
+            leader.clone(),
+        );
+        registry.register(
+            "controller_api_writes",
+            "API writes by kind and result",
+            writes.clone(),
+        );
         Metrics {
             registry,
             addresses_total,
@@ -142,7 +150,10 @@ pub fn gauge_value(n: u128) -> i64 {
 
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.encode(),
     )
 }

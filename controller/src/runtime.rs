@@ -10,8 +10,8 @@ use herald_config::pool::IPAddressPool;
 use herald_config::service::{ServedClass, ServiceKey};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
@@ -36,17 +36,24 @@ pub struct ControllerSettings {
     pub pool_status_interval: Duration,
 }
 
+// Boxed: a Service event is much larger than the others, and thousands may queue up.
 enum Change {
-    Service(Event<Service>),
+    Service(Box<Event<Service>>),
     Pool(Event<IPAddressPool>),
     Namespace(Event<Namespace>),
 }
 
 /// The three watches, merged.
-fn changes(client: &Client, settings: &ControllerSettings) -> impl Stream<Item = Change> + Send + use<> {
-    let services = watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .filter_map(|r| async move { log_watch_error(r).map(Change::Service) });
+fn changes(
+    client: &Client,
+    settings: &ControllerSettings,
+) -> impl Stream<Item = Change> + Send + use<> {
+    let services = watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|r| async move { log_watch_error(r).map(|e| Change::Service(Box::new(e))) });
     let mut pool_config = watcher::Config::default();
     if let Some(sel) = &settings.pool_selector {
         pool_config = pool_config.labels(sel);
@@ -54,9 +61,12 @@ fn changes(client: &Client, settings: &ControllerSettings) -> impl Stream<Item =
     let pools = watcher::watcher(Api::<IPAddressPool>::all(client.clone()), pool_config)
         .default_backoff()
         .filter_map(|r| async move { log_watch_error(r).map(Change::Pool) });
-    let namespaces = watcher::watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .filter_map(|r| async move { log_watch_error(r).map(Change::Namespace) });
+    let namespaces = watcher::watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(|r| async move { log_watch_error(r).map(Change::Namespace) });
     futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed()])
 }
 
@@ -96,7 +106,7 @@ fn apply(
     metrics: &Metrics,
 ) {
     match change {
-        Change::Service(ev) => match ev {
+        Change::Service(ev) => match *ev {
             Event::Apply(s) => index.apply_service(&s),
             Event::Delete(s) => {
                 if let Some(k) = ServiceKey::of(&s) {
@@ -285,7 +295,9 @@ pub async fn run(
         let mut writes = Vec::new();
         for action in actions {
             match action {
-                Action::WriteIngress { key, ips, shrinks } => writes.push(StatusWrite { key, ips, shrinks }),
+                Action::WriteIngress { key, ips, shrinks } => {
+                    writes.push(StatusWrite { key, ips, shrinks })
+                }
                 Action::Event(e) => {
                     let _ = event_tx.send(e);
                 }

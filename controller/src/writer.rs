@@ -11,9 +11,9 @@ use herald_config::service::ServiceKey;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Client;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -159,7 +159,9 @@ pub async fn run_event_writer(
             action: "Allocate".into(),
             secondary: None,
         };
-        let result = recorder.publish(&event, &reference(&record.regarding)).await;
+        let result = recorder
+            .publish(&event, &reference(&record.regarding))
+            .await;
         metrics.count_write("event", result.is_ok());
         if let Err(e) = result {
             tracing::warn!(error = %e, reason = record.reason, "event not published");
@@ -189,7 +191,8 @@ impl PoolStatusWriter {
     /// Remembers the conditions a pool shows (from the watch), to keep transition times.
     pub fn observe(&mut self, pool: &IPAddressPool) {
         if let (Some(name), Some(status)) = (&pool.metadata.name, &pool.status) {
-            self.conditions.insert(name.clone(), status.conditions.clone());
+            self.conditions
+                .insert(name.clone(), status.conditions.clone());
         }
     }
 
@@ -237,7 +240,11 @@ impl PoolStatusWriter {
             if self.written.get(&report.name) == Some(&report) {
                 continue;
             }
-            let previous = self.conditions.get(&report.name).cloned().unwrap_or_default();
+            let previous = self
+                .conditions
+                .get(&report.name)
+                .cloned()
+                .unwrap_or_default();
             let now = Time(Timestamp::now());
             let conditions: Vec<Condition> = report
                 .conditions
@@ -275,7 +282,9 @@ impl PoolStatusWriter {
                     self.conditions.insert(report.name.clone(), conditions);
                     self.written.insert(report.name.clone(), report);
                 }
-                Err(e) => tracing::warn!(pool = %report.name, error = %e, "pool status write failed"),
+                Err(e) => {
+                    tracing::warn!(pool = %report.name, error = %e, "pool status write failed")
+                }
             }
         }
     }

@@ -22,7 +22,9 @@ fn free_port() -> u16 {
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).await.ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -40,7 +42,10 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
     let ns = format!("binary-{suffix}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
         .await?;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
@@ -71,14 +76,23 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let logs = std::thread::spawn(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
     });
 
     let mut ready = false;
     for _ in 0..200 {
-        if get(addr, "/readyz").await.is_some_and(|(code, _)| code == 200) {
+        if get(addr, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+        {
             ready = true;
             break;
         }
@@ -111,8 +125,13 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
         .await?;
     let mut metrics = String::new();
     for _ in 0..200 {
-        metrics = get(addr, "/metrics").await.map(|(_, b)| b).unwrap_or_default();
-        if metrics.contains(&format!("herald_allocator_addresses_in_use_total{{pool=\"{ns}-p\",family=\"ipv4\"}} 1")) {
+        metrics = get(addr, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        if metrics.contains(&format!(
+            "herald_allocator_addresses_in_use_total{{pool=\"{ns}-p\",family=\"ipv4\"}} 1"
+        )) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -124,11 +143,16 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
         "herald_controller_reconcile_duration_seconds_count".to_string(),
         "herald_controller_api_writes_total{kind=\"service_status\",result=\"ok\"}".to_string(),
     ] {
-        assert!(metrics.contains(&expected), "missing {expected} in:\n{metrics}");
+        assert!(
+            metrics.contains(&expected),
+            "missing {expected} in:\n{metrics}"
+        );
     }
 
     // SIGTERM: a clean exit that hands the Lease back.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
     assert!(status.success());
     let mut exited = None;
     for _ in 0..100 {
@@ -148,15 +172,22 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
         .and_then(|s| s.holder_identity);
     assert_eq!(holder, None, "the Lease was released");
 
-    let lines = logs.join().map_err(|_| anyhow::anyhow!("log reader panicked"))?;
+    let lines = logs
+        .join()
+        .map_err(|_| anyhow::anyhow!("log reader panicked"))?;
     assert!(!lines.is_empty());
     for line in &lines {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("log line is not JSON ({e}): {line}"))?;
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
     }
 
-    pools.delete(&format!("{ns}-p"), &DeleteParams::default()).await?;
+    pools
+        .delete(&format!("{ns}-p"), &DeleteParams::default())
+        .await?;
     namespaces.delete(&ns, &DeleteParams::default()).await?;
     Ok(())
 }

@@ -21,7 +21,7 @@ cache_root="${HERALD_CACHE:-${home}/.cache/herald}"
 out_dir="${cache_root}/k8s-${K8S_VERSION}"
 bin_dir="${out_dir}/bin"
 stamp_file="${out_dir}/stamp"
-binaries=(kube-apiserver kube-proxy etcd)
+binaries=(kube-apiserver kube-proxy kubectl etcd)
 
 log() { printf '[build-k8s] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,7 +48,7 @@ build_flags=(-trimpath -mod=readonly -buildvcs=false)
 
 # Everything that decides what gets built goes into the stamp.
 inputs=(
-  k8s/go.mod k8s/go.sum k8s/cmd/kube-apiserver/main.go k8s/cmd/kube-proxy/main.go
+  k8s/go.mod k8s/go.sum k8s/cmd/kube-apiserver/main.go k8s/cmd/kube-proxy/main.go k8s/cmd/kubectl/main.go
   etcd/go.mod etcd/go.sum etcd/main.go
 )
 compute_hash() {
@@ -96,12 +96,12 @@ trap 'rm -rf "${stage}"' EXIT
 
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=""
 start=${SECONDS}
-log "building kube-apiserver and kube-proxy ${K8S_VERSION} with $(go env GOVERSION)" \
+log "building kube-apiserver, kube-proxy and kubectl ${K8S_VERSION} with $(go env GOVERSION)" \
   "(a cold build takes about 3 minutes on 2 cores)"
 (
   cd "${lab_dir}/k8s"
   go build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${stage}/" \
-    ./cmd/kube-apiserver ./cmd/kube-proxy
+    ./cmd/kube-apiserver ./cmd/kube-proxy ./cmd/kubectl
 ) || die "building kube-apiserver/kube-proxy failed"
 log "kube-apiserver and kube-proxy built after $((SECONDS - start))s"
 
@@ -115,6 +115,7 @@ log "etcd built after $((SECONDS - start))s"
 # Smoke check before publishing.
 "${stage}/kube-apiserver" --version >&2 || die "kube-apiserver does not run"
 "${stage}/kube-proxy" --version >&2 || die "kube-proxy does not run"
+"${stage}/kubectl" version --client >&2 || die "kubectl does not run"
 "${stage}/etcd" --version >&2 || die "etcd does not run"
 
 mkdir -p "${bin_dir}"

@@ -51,6 +51,8 @@ set -a
 . <("${cp}" env)
 set +a
 export KUBECONFIG
+# The lab's own kubectl (same version as the API server) comes first.
+export PATH="${HERALD_K8S_BIN}:${PATH}"
 
 # CMD runs as a child that this shell waits for, so that a signal reaches the
 # traps at once (bash defers traps while a foreground command runs). A signal

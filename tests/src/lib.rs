@@ -39,7 +39,8 @@ pub async fn lab_client() -> anyhow::Result<Client> {
     let client = Client::try_default()
         .await
         .context("connecting to the lab's API server")?;
-    CRDS.get_or_try_init(|| install_crds(client.clone())).await?;
+    CRDS.get_or_try_init(|| install_crds(client.clone()))
+        .await?;
     Ok(client)
 }
 
@@ -167,7 +168,9 @@ impl TestEnv {
 
     /// Starts a controller for this test.
     pub fn start_controller(&self) -> RunningController {
-        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.start_controller_with(self.settings(&format!("replica-{n}")))
     }
 
@@ -176,7 +179,12 @@ impl TestEnv {
         let metrics = Arc::new(Metrics::new());
         let (shutdown, rx) = watch::channel(false);
         let identity = settings.lease.identity.clone();
-        let task = tokio::spawn(runtime::run(self.client.clone(), settings, metrics.clone(), rx));
+        let task = tokio::spawn(runtime::run(
+            self.client.clone(),
+            settings,
+            metrics.clone(),
+            rx,
+        ));
         RunningController {
             task,
             shutdown,
@@ -191,7 +199,11 @@ impl TestEnv {
     }
 
     /// Creates or replaces a pool labelled for this test.
-    pub async fn apply_pool(&self, name: &str, spec: IPAddressPoolSpec) -> anyhow::Result<IPAddressPool> {
+    pub async fn apply_pool(
+        &self,
+        name: &str,
+        spec: IPAddressPoolSpec,
+    ) -> anyhow::Result<IPAddressPool> {
         let api: Api<IPAddressPool> = Api::all(self.client.clone());
         let mut pool = IPAddressPool::new(&self.pool_name(name), spec);
         pool.metadata.labels = Some(BTreeMap::from([(TEST_LABEL.to_string(), self.ns.clone())]));
@@ -207,7 +219,8 @@ impl TestEnv {
     /// Deletes one of this test's pools.
     pub async fn delete_pool(&self, name: &str) -> anyhow::Result<()> {
         let api: Api<IPAddressPool> = Api::all(self.client.clone());
-        api.delete(&self.pool_name(name), &DeleteParams::default()).await?;
+        api.delete(&self.pool_name(name), &DeleteParams::default())
+            .await?;
         Ok(())
     }
 
@@ -229,7 +242,8 @@ impl TestEnv {
         annotations: &[(&str, &str)],
         edit: impl FnOnce(&mut ServiceSpec),
     ) -> anyhow::Result<Service> {
-        self.apply_service_in(&self.ns, name, annotations, edit).await
+        self.apply_service_in(&self.ns, name, annotations, edit)
+            .await
     }
 
     /// Like [`TestEnv::apply_service`] in another namespace.
@@ -270,12 +284,20 @@ impl TestEnv {
         };
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
         Ok(api
-            .patch(name, &PatchParams::apply("herald-tests").force(), &Patch::Apply(&svc))
+            .patch(
+                name,
+                &PatchParams::apply("herald-tests").force(),
+                &Patch::Apply(&svc),
+            )
             .await?)
     }
 
     /// Creates another namespace (deleted with the test's) with labels.
-    pub async fn extra_namespace(&self, suffix: &str, labels: &[(&str, &str)]) -> anyhow::Result<String> {
+    pub async fn extra_namespace(
+        &self,
+        suffix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let name = format!("{}-{suffix}", self.ns);
         let api: Api<Namespace> = Api::all(self.client.clone());
         api.create(
@@ -322,15 +344,21 @@ impl TestEnv {
 
     /// Waits for the Service to hold exactly `expected`.
     pub async fn wait_ips(&self, name: &str, expected: &[&str]) -> anyhow::Result<()> {
-        let expected: Vec<IpAddr> = expected.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-        self.wait_ips_in(&self.ns, name, &format!("IPs {expected:?}"), |got| got == expected.as_slice())
-            .await
-            .map(|_| ())
+        let expected: Vec<IpAddr> = expected
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        self.wait_ips_in(&self.ns, name, &format!("IPs {expected:?}"), |got| {
+            got == expected.as_slice()
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Waits for the Service to hold some IP(s).
     pub async fn wait_any_ip(&self, name: &str) -> anyhow::Result<Vec<IpAddr>> {
-        self.wait_ips_in(&self.ns, name, "an IP", |got| !got.is_empty()).await
+        self.wait_ips_in(&self.ns, name, "an IP", |got| !got.is_empty())
+            .await
     }
 
     /// Current status IPs of a Service.
@@ -339,7 +367,12 @@ impl TestEnv {
     }
 
     /// Events about an object in `ns` (cluster-scoped objects: `default`) with this reason.
-    pub async fn events_in(&self, ns: &str, object: &str, reason: &str) -> anyhow::Result<Vec<Event>> {
+    pub async fn events_in(
+        &self,
+        ns: &str,
+        object: &str,
+        reason: &str,
+    ) -> anyhow::Result<Vec<Event>> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         Ok(api
             .list(&ListParams::default())
@@ -360,7 +393,12 @@ impl TestEnv {
     }
 
     /// Waits for an Event in `ns`.
-    pub async fn wait_event_in(&self, ns: &str, object: &str, reason: &str) -> anyhow::Result<String> {
+    pub async fn wait_event_in(
+        &self,
+        ns: &str,
+        object: &str,
+        reason: &str,
+    ) -> anyhow::Result<String> {
         for _ in 0..200 {
             if let Some(e) = self.events_in(ns, object, reason).await?.into_iter().next() {
                 return Ok(e.note.unwrap_or_default());
@@ -453,6 +491,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }

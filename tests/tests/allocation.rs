@@ -17,8 +17,10 @@ fn selector(k: &str, v: &str) -> LabelSelector {
 async fn cidr_range_and_single_ip_pools() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("pool-forms").await?;
-    env.apply_pool("cidr", pool_spec(&["192.0.2.16/31"])).await?;
-    env.apply_pool("range", pool_spec(&["192.0.2.20-192.0.2.20"])).await?;
+    env.apply_pool("cidr", pool_spec(&["192.0.2.16/31"]))
+        .await?;
+    env.apply_pool("range", pool_spec(&["192.0.2.20-192.0.2.20"]))
+        .await?;
     env.apply_pool("single", pool_spec(&["192.0.2.24"])).await?;
     let controller = env.start_controller();
     for i in 0..4 {
@@ -60,20 +62,31 @@ async fn auto_assign_false_and_avoid_buggy_ips() -> anyhow::Result<()> {
     env.apply_service("auto2", &[], |_| {}).await?;
     env.wait_event("auto2", "AllocationFailed").await?;
     // The manual pool serves only those who ask for it.
-    env.apply_service("asks", &[("herald.dev/address-pool", &env.pool_name("manual"))], |_| {})
-        .await?;
+    env.apply_service(
+        "asks",
+        &[("herald.dev/address-pool", &env.pool_name("manual"))],
+        |_| {},
+    )
+    .await?;
     env.wait_ips("asks", &["192.0.2.32"]).await?;
     let pool = env.pool("buggy").await?;
     // Status counts follow (debounced writes).
     for _ in 0..100 {
         let p = env.pool("buggy").await?;
-        if p.status.as_ref().is_some_and(|s| s.assigned_ipv4 == 1 && s.available_ipv4 == 0) {
+        if p.status
+            .as_ref()
+            .is_some_and(|s| s.assigned_ipv4 == 1 && s.available_ipv4 == 0)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let status = env.pool("buggy").await?.status.unwrap_or_default();
-    assert_eq!((status.assigned_ipv4, status.available_ipv4), (1, 0), "{pool:?}");
+    assert_eq!(
+        (status.assigned_ipv4, status.available_ipv4),
+        (1, 0),
+        "{pool:?}"
+    );
     controller.stop().await;
     env.cleanup().await
 }
@@ -83,7 +96,8 @@ async fn service_allocation_priority_namespaces_and_selectors() -> anyhow::Resul
     init_tracing();
     let env = TestEnv::new("svc-alloc").await?;
     let gold = env.extra_namespace("gold", &[("tier", "gold")]).await?;
-    env.apply_pool("general", pool_spec(&["192.0.2.40/30"])).await?;
+    env.apply_pool("general", pool_spec(&["192.0.2.40/30"]))
+        .await?;
     let mut low = pool_spec(&["192.0.2.44/30"]);
     low.service_allocation = Some(ServiceAllocation {
         priority: Some(50),
@@ -108,15 +122,20 @@ async fn service_allocation_priority_namespaces_and_selectors() -> anyhow::Resul
     let controller = env.start_controller();
 
     env.apply_service_in(&gold, "g", &[], |_| {}).await?;
-    env.wait_ips_in(&gold, "g", "the gold pool", |ips| ips == ["192.0.2.48".parse::<std::net::IpAddr>().unwrap()])
-        .await?;
+    env.wait_ips_in(&gold, "g", "the gold pool", |ips| {
+        ips == ["192.0.2.48".parse::<std::net::IpAddr>().unwrap()]
+    })
+    .await?;
     env.apply_service("mine", &[], |_| {}).await?;
     env.wait_ips("mine", &["192.0.2.44"]).await?;
     // A Service selected by label gets the priority-1 pool.
     let services = env.services();
     env.apply_service("lab", &[], |_| {}).await?;
     let mut svc = services.get("lab").await?;
-    let _ = svc.metadata.labels.insert(BTreeMap::from([("wants".into(), "labelled".into())]));
+    let _ = svc
+        .metadata
+        .labels
+        .insert(BTreeMap::from([("wants".into(), "labelled".into())]));
     // Label before the controller decides: recreate with the label.
     services.delete("lab", &Default::default()).await?;
     svc.metadata.resource_version = None;
@@ -134,8 +153,12 @@ async fn service_allocation_priority_namespaces_and_selectors() -> anyhow::Resul
     services.create(&Default::default(), &svc).await?;
     env.wait_ips("lab", &["192.0.2.52"]).await?;
     // Asking for a pool that does not allow the Service is refused with a reason.
-    env.apply_service("nope", &[("herald.dev/address-pool", &env.pool_name("high"))], |_| {})
-        .await?;
+    env.apply_service(
+        "nope",
+        &[("herald.dev/address-pool", &env.pool_name("high"))],
+        |_| {},
+    )
+    .await?;
     let note = env.wait_event("nope", "AllocationFailed").await?;
     assert!(note.contains("does not allow this Service"), "{note}");
     controller.stop().await;
@@ -146,17 +169,28 @@ async fn service_allocation_priority_namespaces_and_selectors() -> anyhow::Resul
 async fn requested_ips_pools_and_annotation_prefixes() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("requests").await?;
-    env.apply_pool("a", pool_spec(&["192.0.2.64/29", "2001:db8::40/125"])).await?;
+    env.apply_pool("a", pool_spec(&["192.0.2.64/29", "2001:db8::40/125"]))
+        .await?;
     env.apply_pool("b", pool_spec(&["192.0.2.72/29"])).await?;
     let controller = env.start_controller();
-    env.apply_service("spec-ip", &[], |s| s.load_balancer_ip = Some("192.0.2.70".into()))
-        .await?;
+    env.apply_service("spec-ip", &[], |s| {
+        s.load_balancer_ip = Some("192.0.2.70".into())
+    })
+    .await?;
     env.wait_ips("spec-ip", &["192.0.2.70"]).await?;
-    env.apply_service("herald", &[("herald.dev/loadBalancerIPs", "192.0.2.69")], |_| {})
-        .await?;
+    env.apply_service(
+        "herald",
+        &[("herald.dev/loadBalancerIPs", "192.0.2.69")],
+        |_| {},
+    )
+    .await?;
     env.wait_ips("herald", &["192.0.2.69"]).await?;
-    env.apply_service("metallb", &[("metallb.io/loadBalancerIPs", "192.0.2.68")], |_| {})
-        .await?;
+    env.apply_service(
+        "metallb",
+        &[("metallb.io/loadBalancerIPs", "192.0.2.68")],
+        |_| {},
+    )
+    .await?;
     env.wait_ips("metallb", &["192.0.2.68"]).await?;
     env.apply_service(
         "old",
@@ -167,12 +201,20 @@ async fn requested_ips_pools_and_annotation_prefixes() -> anyhow::Result<()> {
     env.wait_ips("old", &["192.0.2.72"]).await?;
     let note = env.wait_event("old", "DeprecatedAnnotation").await?;
     assert!(note.contains("metallb.universe.tf/address-pool"), "{note}");
-    env.apply_service("pool-io", &[("metallb.io/address-pool", &env.pool_name("b"))], |_| {})
-        .await?;
+    env.apply_service(
+        "pool-io",
+        &[("metallb.io/address-pool", &env.pool_name("b"))],
+        |_| {},
+    )
+    .await?;
     env.wait_ips("pool-io", &["192.0.2.73"]).await?;
     // The requested IP is moved when the request changes.
-    env.apply_service("herald", &[("herald.dev/loadBalancerIPs", "192.0.2.67")], |_| {})
-        .await?;
+    env.apply_service(
+        "herald",
+        &[("herald.dev/loadBalancerIPs", "192.0.2.67")],
+        |_| {},
+    )
+    .await?;
     env.wait_ips("herald", &["192.0.2.67"]).await?;
     env.wait_event("herald", "ClearAssignment").await?;
     controller.stop().await;
@@ -201,22 +243,26 @@ async fn load_balancer_class_decides_who_serves() -> anyhow::Result<()> {
 async fn dual_stack_policies() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("dual-stack").await?;
-    env.apply_pool("dual", pool_spec(&["192.0.2.88/30", "2001:db8::58/126"])).await?;
-    env.apply_pool("v6", pool_spec(&["2001:db8::60/126"])).await?;
+    env.apply_pool("dual", pool_spec(&["192.0.2.88/30", "2001:db8::58/126"]))
+        .await?;
+    env.apply_pool("v6", pool_spec(&["2001:db8::60/126"]))
+        .await?;
     let controller = env.start_controller();
     env.apply_service("require", &[], |s| {
         s.ip_family_policy = Some("RequireDualStack".into());
         s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
     })
     .await?;
-    env.wait_ips("require", &["192.0.2.88", "2001:db8::58"]).await?;
+    env.wait_ips("require", &["192.0.2.88", "2001:db8::58"])
+        .await?;
     env.apply_service("prefer", &[], |s| {
         s.ip_family_policy = Some("PreferDualStack".into());
         s.ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
     })
     .await?;
     // IPv6 first (the Service's order); both from the first pool able to give both.
-    env.wait_ips("prefer", &["2001:db8::59", "192.0.2.89"]).await?;
+    env.wait_ips("prefer", &["2001:db8::59", "192.0.2.89"])
+        .await?;
     env.apply_service("single6", &[], |s| {
         s.ip_family_policy = Some("SingleStack".into());
         s.ip_families = Some(vec!["IPv6".into()]);
@@ -228,15 +274,21 @@ async fn dual_stack_policies() -> anyhow::Result<()> {
     env.apply_service("fill-b", &[], |_| {}).await?;
     env.wait_any_ip("fill-a").await?;
     env.wait_any_ip("fill-b").await?;
-    env.apply_service("later", &[("herald.dev/address-pool", &env.pool_name("dual"))], |s| {
-        s.ip_family_policy = Some("PreferDualStack".into());
-        s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
-    })
+    env.apply_service(
+        "later",
+        &[("herald.dev/address-pool", &env.pool_name("dual"))],
+        |s| {
+            s.ip_family_policy = Some("PreferDualStack".into());
+            s.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+        },
+    )
     .await?;
     env.wait_ips("later", &["2001:db8::5b"]).await?;
     env.services().delete("fill-a", &Default::default()).await?;
-    env.wait_ips_in(&env.ns, "later", "IPv4 added", |ips| ips.len() == 2 && ips[0].is_ipv4())
-        .await?;
+    env.wait_ips_in(&env.ns, "later", "IPv4 added", |ips| {
+        ips.len() == 2 && ips[0].is_ipv4()
+    })
+    .await?;
     controller.stop().await;
     env.cleanup().await
 }
@@ -253,21 +305,34 @@ async fn sharing_rules() -> anyhow::Result<()> {
         protocol: Some("TCP".into()),
         ..Default::default()
     };
-    env.apply_service("web", &[("herald.dev/allow-shared-ip", "k")], |s| s.ports = Some(vec![port(80)]))
-        .await?;
+    env.apply_service("web", &[("herald.dev/allow-shared-ip", "k")], |s| {
+        s.ports = Some(vec![port(80)])
+    })
+    .await?;
     let ip = env.wait_any_ip("web").await?;
-    env.apply_service("tls", &[("metallb.io/allow-shared-ip", "k")], |s| s.ports = Some(vec![port(443)]))
-        .await?;
+    env.apply_service("tls", &[("metallb.io/allow-shared-ip", "k")], |s| {
+        s.ports = Some(vec![port(443)])
+    })
+    .await?;
     let shared = env.wait_any_ip("tls").await?;
     assert_eq!(shared, ip, "same key, different ports: one IP");
-    env.apply_service("clash", &[("herald.dev/allow-shared-ip", "k")], |s| s.ports = Some(vec![port(80)]))
-        .await?;
-    assert_ne!(env.wait_any_ip("clash").await?, ip, "port clash: another IP");
+    env.apply_service("clash", &[("herald.dev/allow-shared-ip", "k")], |s| {
+        s.ports = Some(vec![port(80)])
+    })
+    .await?;
+    assert_ne!(
+        env.wait_any_ip("clash").await?,
+        ip,
+        "port clash: another IP"
+    );
     // Explicitly requesting a held IP with another key is refused with a reason.
     let want = ip[0].to_string();
     env.apply_service(
         "thief",
-        &[("herald.dev/loadBalancerIPs", &want), ("herald.dev/allow-shared-ip", "other")],
+        &[
+            ("herald.dev/loadBalancerIPs", &want),
+            ("herald.dev/allow-shared-ip", "other"),
+        ],
         |s| s.ports = Some(vec![port(8080)]),
     )
     .await?;

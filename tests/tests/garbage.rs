@@ -7,17 +7,27 @@ use herald_tests::{TestEnv, init_tracing, pool_spec};
 async fn garbage_annotations_warn_and_never_stop_the_controller() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("garbage").await?;
-    env.apply_pool("p", pool_spec(&["192.0.2.148/30", "2001:db8::94/126"])).await?;
+    env.apply_pool("p", pool_spec(&["192.0.2.148/30", "2001:db8::94/126"]))
+        .await?;
     let controller = env.start_controller();
     let unknown_pool = "no-such-pool".to_string();
     // (Service, annotations, Event reason, words the note must contain)
     const INPUT: &str = "LoadBalancerFailed";
     const ALLOCATION: &str = "AllocationFailed";
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, &str)> = vec![
-        ("not-an-ip", vec![("herald.dev/loadBalancerIPs", "banana")], INPUT, "is not an IP address"),
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "not-an-ip",
+            vec![("herald.dev/loadBalancerIPs", "banana")],
+            INPUT,
+            "is not an IP address",
+        ),
         (
             "three-ips",
-            vec![("herald.dev/loadBalancerIPs", "192.0.2.148,192.0.2.149,2001:db8::94")],
+            vec![(
+                "herald.dev/loadBalancerIPs",
+                "192.0.2.148,192.0.2.149,2001:db8::94",
+            )],
             INPUT,
             "at most 2 IPs",
         ),
@@ -41,7 +51,10 @@ async fn garbage_annotations_warn_and_never_stop_the_controller() -> anyhow::Res
         ),
         (
             "disagree",
-            vec![("herald.dev/address-pool", "x"), ("metallb.io/address-pool", "y")],
+            vec![
+                ("herald.dev/address-pool", "x"),
+                ("metallb.io/address-pool", "y"),
+            ],
             INPUT,
             "disagree",
         ),

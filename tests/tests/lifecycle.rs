@@ -42,7 +42,9 @@ async fn invalid_status_ip_is_cleared_and_reallocated() -> anyhow::Result<()> {
         .patch_status(
             "s",
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}})),
+            &Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}}),
+            ),
         )
         .await?;
     let controller = env.start_controller();
@@ -91,16 +93,26 @@ async fn pool_growth_shrink_and_deletion() -> anyhow::Result<()> {
     env.wait_ips("a", &["192.0.2.124"]).await?;
     env.wait_event("b", "AllocationFailed").await?;
     // Growing the pool serves the pending Service at once.
-    env.apply_pool("p", pool_spec(&["192.0.2.124-192.0.2.125"])).await?;
+    env.apply_pool("p", pool_spec(&["192.0.2.124-192.0.2.125"]))
+        .await?;
     env.wait_ips("b", &["192.0.2.125"]).await?;
     // Shrinking away from a held IP: that Service moves if it can, else waits with an Event.
-    env.apply_pool("p", pool_spec(&["192.0.2.125-192.0.2.126"])).await?;
+    env.apply_pool("p", pool_spec(&["192.0.2.125-192.0.2.126"]))
+        .await?;
     env.wait_ips("a", &["192.0.2.126"]).await?;
-    assert!(env.wait_event("a", "ClearAssignment").await?.contains("192.0.2.124"));
+    assert!(
+        env.wait_event("a", "ClearAssignment")
+            .await?
+            .contains("192.0.2.124")
+    );
     env.delete_pool("p").await?;
     env.wait_ips("a", &[]).await?;
     env.wait_ips("b", &[]).await?;
-    assert!(env.wait_event("b", "ClearAssignment").await?.contains("not in any IPAddressPool"));
+    assert!(
+        env.wait_event("b", "ClearAssignment")
+            .await?
+            .contains("not in any IPAddressPool")
+    );
     controller.stop().await;
     env.cleanup().await
 }
@@ -110,7 +122,8 @@ async fn overlapping_pools_are_marked_and_not_used() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("overlap").await?;
     env.apply_pool("a", pool_spec(&["192.0.2.128/30"])).await?;
-    env.apply_pool("b", pool_spec(&["192.0.2.130-192.0.2.133"])).await?;
+    env.apply_pool("b", pool_spec(&["192.0.2.130-192.0.2.133"]))
+        .await?;
     let controller = env.start_controller();
     for name in ["a", "b"] {
         let mut status = None;
@@ -133,10 +146,20 @@ async fn overlapping_pools_are_marked_and_not_used() -> anyhow::Result<()> {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("{name}: no Overlapping condition in {status:?}"))?;
         assert_eq!(overlapping.status, "True", "{name}: {status:?}");
-        assert!(overlapping.message.contains("192.0.2.130-192.0.2.131"), "{}", overlapping.message);
-        let valid = status.conditions.iter().find(|c| c.type_ == CONDITION_VALID).cloned();
+        assert!(
+            overlapping.message.contains("192.0.2.130-192.0.2.131"),
+            "{}",
+            overlapping.message
+        );
+        let valid = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_VALID)
+            .cloned();
         assert_eq!(valid.map(|c| c.status).as_deref(), Some("True"));
-        let note = env.wait_event_in("default", &env.pool_name(name), "PoolOverlap").await?;
+        let note = env
+            .wait_event_in("default", &env.pool_name(name), "PoolOverlap")
+            .await?;
         assert!(note.contains("never assigned"), "{note}");
     }
     for i in 0..4 {
@@ -147,7 +170,10 @@ async fn overlapping_pools_are_marked_and_not_used() -> anyhow::Result<()> {
         got.extend(env.wait_any_ip(&format!("s{i}")).await?);
     }
     for ip in &got {
-        assert!(!["192.0.2.130", "192.0.2.131"].contains(&ip.to_string().as_str()), "{got:?}");
+        assert!(
+            !["192.0.2.130", "192.0.2.131"].contains(&ip.to_string().as_str()),
+            "{got:?}"
+        );
     }
     controller.stop().await;
     env.cleanup().await
@@ -157,17 +183,18 @@ async fn overlapping_pools_are_marked_and_not_used() -> anyhow::Result<()> {
 async fn reversed_range_is_marked_invalid_in_status() -> anyhow::Result<()> {
     init_tracing();
     let env = TestEnv::new("reversed").await?;
-    env.apply_pool("p", pool_spec(&["192.0.2.140-192.0.2.136", "192.0.2.141"])).await?;
+    env.apply_pool("p", pool_spec(&["192.0.2.140-192.0.2.136", "192.0.2.141"]))
+        .await?;
     let controller = env.start_controller();
     env.apply_service("s", &[], |_| {}).await?;
     env.wait_ips("s", &["192.0.2.141"]).await?;
     let mut valid = None;
     for _ in 0..100 {
-        valid = env
-            .pool("p")
-            .await?
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == CONDITION_VALID));
+        valid = env.pool("p").await?.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == CONDITION_VALID)
+        });
         if valid.as_ref().is_some_and(|c| c.status == "False") {
             break;
         }
@@ -175,7 +202,12 @@ async fn reversed_range_is_marked_invalid_in_status() -> anyhow::Result<()> {
     }
     let valid = valid.ok_or_else(|| anyhow::anyhow!("no Valid condition"))?;
     assert_eq!(valid.status, "False");
-    assert!(valid.message.contains("spec.addresses[0]") && valid.message.contains("starts after it ends"), "{}", valid.message);
+    assert!(
+        valid.message.contains("spec.addresses[0]")
+            && valid.message.contains("starts after it ends"),
+        "{}",
+        valid.message
+    );
     controller.stop().await;
     env.cleanup().await
 }
@@ -192,12 +224,18 @@ async fn events_are_aggregated_not_repeated() -> anyhow::Result<()> {
     env.wait_event("waiting", "AllocationFailed").await?;
     // Touch the waiting Service many times: every touch reconciles it.
     for i in 0..20 {
-        env.apply_service("waiting", &[("example.com/touch", &i.to_string())], |_| {}).await?;
+        env.apply_service("waiting", &[("example.com/touch", &i.to_string())], |_| {})
+            .await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let events = env.events_in(&env.ns, "waiting", "AllocationFailed").await?;
+    let events = env
+        .events_in(&env.ns, "waiting", "AllocationFailed")
+        .await?;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert!(events[0].series.is_none(), "the same failure is not even re-published");
+    assert!(
+        events[0].series.is_none(),
+        "the same failure is not even re-published"
+    );
     controller.stop().await;
     env.cleanup().await
 }

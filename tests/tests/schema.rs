@@ -18,7 +18,12 @@ fn committed_crds_are_generated() {
     );
 }
 
-async fn refused(api: &Api<IPAddressPool>, env: &TestEnv, name: &str, mut pool: IPAddressPool) -> String {
+async fn refused(
+    api: &Api<IPAddressPool>,
+    env: &TestEnv,
+    name: &str,
+    mut pool: IPAddressPool,
+) -> String {
     pool.metadata.name = Some(env.pool_name(name));
     pool.metadata.labels = Some([(TEST_LABEL.to_string(), env.ns.clone())].into());
     match api.create(&PostParams::default(), &pool).await {
@@ -40,11 +45,21 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
         ("not-an-ip", &["192.0.2.1", "banana"], "spec.addresses[1]"),
         ("bad-cidr", &["192.0.2.0/33"], "spec.addresses[0]"),
         ("mixed", &["192.0.2.1-2001:db8::1"], "spec.addresses[0]"),
-        ("three-dashes", &["192.0.2.1-192.0.2.2-192.0.2.3"], "spec.addresses[0]"),
+        (
+            "three-dashes",
+            &["192.0.2.1-192.0.2.2-192.0.2.3"],
+            "spec.addresses[0]",
+        ),
         ("empty", &[], "spec.addresses"),
     ];
     for (name, addresses, field) in cases {
-        let message = refused(&api, &env, name, IPAddressPool::new(name, pool_spec(addresses))).await;
+        let message = refused(
+            &api,
+            &env,
+            name,
+            IPAddressPool::new(name, pool_spec(addresses)),
+        )
+        .await;
         assert!(message.contains(field), "{name}: {message}");
     }
     let mut negative = pool_spec(&["192.0.2.0/28"]);
@@ -52,13 +67,28 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
         priority: Some(-1),
         ..Default::default()
     });
-    let message = refused(&api, &env, "negative", IPAddressPool::new("negative", negative)).await;
-    assert!(message.contains("spec.serviceAllocation.priority"), "{message}");
+    let message = refused(
+        &api,
+        &env,
+        "negative",
+        IPAddressPool::new("negative", negative),
+    )
+    .await;
+    assert!(
+        message.contains("spec.serviceAllocation.priority"),
+        "{message}"
+    );
 
     // Valid forms are accepted.
     let mut ok = IPAddressPool::new(
         &env.pool_name("ok"),
-        pool_spec(&["192.0.2.0/28", "192.0.2.100 - 192.0.2.110", "2001:db8::1", "2001:db8::/120", "192.0.2.77/24"]),
+        pool_spec(&[
+            "192.0.2.0/28",
+            "192.0.2.100 - 192.0.2.110",
+            "2001:db8::1",
+            "2001:db8::/120",
+            "192.0.2.77/24",
+        ]),
     );
     ok.metadata.labels = Some([(TEST_LABEL.to_string(), env.ns.clone())].into());
     api.create(&PostParams::default(), &ok).await?;
@@ -75,7 +105,10 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
             &bad_ad(
                 "iface",
                 L2AdvertisementSpec {
-                    interfaces: vec![InterfaceName("eth0".into()), InterfaceName("has space".into())],
+                    interfaces: vec![
+                        InterfaceName("eth0".into()),
+                        InterfaceName("has space".into()),
+                    ],
                     ..Default::default()
                 },
             ),
@@ -99,7 +132,11 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
         )
         .await
         .expect_err("weight 0");
-    assert!(e.to_string().contains("spec.preferredNodeSelectors[0].weight"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("spec.preferredNodeSelectors[0].weight"),
+        "{e}"
+    );
     ads.delete_collection(
         &Default::default(),
         &kube::api::ListParams::default().labels(&format!("{TEST_LABEL}={}", env.ns)),
@@ -126,12 +163,20 @@ async fn kubectl_refuses_and_prints_columns() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("spec.addresses[0]"), "{stderr}");
 
-    env.apply_pool("shown", pool_spec(&["192.0.2.176/29"])).await?;
+    env.apply_pool("shown", pool_spec(&["192.0.2.176/29"]))
+        .await?;
     let out = std::process::Command::new(&kubectl)
         .args(["get", "ipaddresspools", &env.pool_name("shown")])
         .output()?;
     let table = String::from_utf8_lossy(&out.stdout);
-    for column in ["ADDRESSES", "AUTO ASSIGN", "ASSIGNED IPV4", "AVAILABLE IPV4", "ASSIGNED IPV6", "AVAILABLE IPV6"] {
+    for column in [
+        "ADDRESSES",
+        "AUTO ASSIGN",
+        "ASSIGNED IPV4",
+        "AVAILABLE IPV4",
+        "ASSIGNED IPV6",
+        "AVAILABLE IPV6",
+    ] {
         assert!(table.contains(column), "{column} missing:\n{table}");
     }
     assert!(table.contains("192.0.2.176/29"), "{table}");
@@ -147,7 +192,11 @@ fn which(cmd: &str) -> anyhow::Result<std::path::PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("{cmd} not found"))
 }
 
-fn run_with_stdin(cmd: &std::path::Path, args: &[&str], input: &str) -> anyhow::Result<std::process::Output> {
+fn run_with_stdin(
+    cmd: &std::path::Path,
+    args: &[&str],
+    input: &str,
+) -> anyhow::Result<std::process::Output> {
     use std::io::Write;
     let mut child = std::process::Command::new(cmd)
         .args(args)

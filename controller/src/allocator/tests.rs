@@ -9,7 +9,11 @@ fn pool(name: &str, addresses: &[&str]) -> PoolPolicy {
     pool_with(name, addresses, |_| {})
 }
 
-fn pool_with(name: &str, addresses: &[&str], edit: impl FnOnce(&mut IPAddressPoolSpec)) -> PoolPolicy {
+fn pool_with(
+    name: &str,
+    addresses: &[&str],
+    edit: impl FnOnce(&mut IPAddressPoolSpec),
+) -> PoolPolicy {
     let mut spec = IPAddressPoolSpec {
         addresses: addresses.iter().map(|s| s.to_string()).collect(),
         auto_assign: true,
@@ -26,7 +30,10 @@ fn request(families: FamilyPolicy) -> ServiceRequest {
         pool: None,
         sharing_key: None,
         families,
-        ports: vec![ServicePort { protocol: "TCP".into(), port: 80 }],
+        ports: vec![ServicePort {
+            protocol: "TCP".into(),
+            port: 80,
+        }],
         backend: BackendKey::Cluster,
         deprecated_annotations: vec![],
     }
@@ -44,7 +51,11 @@ struct Svc {
 
 impl Svc {
     fn new(ns: &str, name: &str, request: ServiceRequest) -> Svc {
-        Svc { key: ServiceKey::new(ns, name), request, labels: Labels::new() }
+        Svc {
+            key: ServiceKey::new(ns, name),
+            request,
+            labels: Labels::new(),
+        }
     }
 }
 
@@ -86,7 +97,11 @@ fn exhaustion_names_pools_and_families() {
 #[test]
 fn avoid_buggy_ips_skips_dot_zero_and_255() {
     let mut a = Allocator::new();
-    a.set_pools(vec![pool_with("p", &["198.51.100.255-198.51.101.1"], |s| s.avoid_buggy_ips = true)]);
+    a.set_pools(vec![pool_with(
+        "p",
+        &["198.51.100.255-198.51.101.1"],
+        |s| s.avoid_buggy_ips = true,
+    )]);
     let got = a.allocate(ctx(&Svc::new("n", "a", v4()))).unwrap();
     assert_eq!(got, vec![ip("198.51.101.1")]);
     assert!(a.allocate(ctx(&Svc::new("n", "b", v4()))).is_err());
@@ -102,13 +117,21 @@ fn requested_ip_and_pool() {
     ]);
     let mut r = v4();
     r.requested_ips = vec![ip("192.0.2.20")];
-    assert_eq!(a.allocate(ctx(&Svc::new("n", "a", r))).unwrap(), vec![ip("192.0.2.20")]);
+    assert_eq!(
+        a.allocate(ctx(&Svc::new("n", "a", r))).unwrap(),
+        vec![ip("192.0.2.20")]
+    );
     let mut r = v4();
     r.pool = Some("manual".into());
-    assert_eq!(a.allocate(ctx(&Svc::new("n", "b", r))).unwrap(), vec![ip("192.0.2.16")]);
+    assert_eq!(
+        a.allocate(ctx(&Svc::new("n", "b", r))).unwrap(),
+        vec![ip("192.0.2.16")]
+    );
     // autoAssign false: never handed out unasked.
     for i in 0..16 {
-        let got = a.allocate(ctx(&Svc::new("n", &format!("x{i}"), v4()))).unwrap();
+        let got = a
+            .allocate(ctx(&Svc::new("n", &format!("x{i}"), v4())))
+            .unwrap();
         assert!(got[0] < ip("192.0.2.16"));
     }
     let mut r = v4();
@@ -117,10 +140,16 @@ fn requested_ip_and_pool() {
     assert_eq!(err, AllocationError::NotInAnyPool(ip("203.0.113.1")));
     let mut r = v4();
     r.pool = Some("nope".into());
-    assert_eq!(a.allocate(ctx(&Svc::new("n", "d", r))).unwrap_err(), AllocationError::UnknownPool("nope".into()));
+    assert_eq!(
+        a.allocate(ctx(&Svc::new("n", "d", r))).unwrap_err(),
+        AllocationError::UnknownPool("nope".into())
+    );
     let mut r = v4();
     r.requested_ips = vec![ip("192.0.2.20")];
-    assert!(matches!(a.allocate(ctx(&Svc::new("n", "e", r))), Err(AllocationError::InUse { .. })));
+    assert!(matches!(
+        a.allocate(ctx(&Svc::new("n", "e", r))),
+        Err(AllocationError::InUse { .. })
+    ));
 }
 
 #[test]
@@ -129,7 +158,10 @@ fn priorities_and_namespaces() {
     a.set_pools(vec![
         pool("general", &["192.0.2.0/28"]),
         pool_with("second", &["192.0.2.32/28"], |s| {
-            s.service_allocation = Some(ServiceAllocation { priority: Some(20), ..Default::default() })
+            s.service_allocation = Some(ServiceAllocation {
+                priority: Some(20),
+                ..Default::default()
+            })
         }),
         pool_with("first", &["192.0.2.48/28"], |s| {
             s.service_allocation = Some(ServiceAllocation {
@@ -139,8 +171,14 @@ fn priorities_and_namespaces() {
             })
         }),
     ]);
-    assert_eq!(a.allocate(ctx(&Svc::new("gold", "a", v4()))).unwrap(), vec![ip("192.0.2.48")]);
-    assert_eq!(a.allocate(ctx(&Svc::new("tin", "a", v4()))).unwrap(), vec![ip("192.0.2.32")]);
+    assert_eq!(
+        a.allocate(ctx(&Svc::new("gold", "a", v4()))).unwrap(),
+        vec![ip("192.0.2.48")]
+    );
+    assert_eq!(
+        a.allocate(ctx(&Svc::new("tin", "a", v4()))).unwrap(),
+        vec![ip("192.0.2.32")]
+    );
     let mut r = v4();
     r.pool = Some("first".into());
     assert_eq!(
@@ -152,7 +190,10 @@ fn priorities_and_namespaces() {
 #[test]
 fn dual_stack_policies() {
     let mut a = Allocator::new();
-    a.set_pools(vec![pool("v4only", &["192.0.2.0/30"]), pool("dual", &["192.0.2.8/30", "2001:db8::/126"])]);
+    a.set_pools(vec![
+        pool("v4only", &["192.0.2.0/30"]),
+        pool("dual", &["192.0.2.8/30", "2001:db8::/126"]),
+    ]);
     let req = request(FamilyPolicy::RequireDual(Family::V4, Family::V6));
     let got = a.allocate(ctx(&Svc::new("n", "a", req))).unwrap();
     assert_eq!(got, vec![ip("192.0.2.8"), ip("2001:db8::")]);
@@ -160,7 +201,11 @@ fn dual_stack_policies() {
     a.set_pools(vec![pool("v4only", &["192.0.2.0/30"])]);
     let req = request(FamilyPolicy::RequireDual(Family::V4, Family::V6));
     assert!(a.allocate(ctx(&Svc::new("n", "a", req))).is_err());
-    let s = Svc::new("n", "b", request(FamilyPolicy::PreferDual(Family::V4, Family::V6)));
+    let s = Svc::new(
+        "n",
+        "b",
+        request(FamilyPolicy::PreferDual(Family::V4, Family::V6)),
+    );
     assert_eq!(a.allocate(ctx(&s)).unwrap(), vec![ip("192.0.2.0")]);
     assert_eq!(a.extend(ctx(&s)), None);
     a.set_pools(vec![pool("v4only", &["192.0.2.0/30", "2001:db8::/126"])]);
@@ -175,7 +220,10 @@ fn sharing_rules() {
     let shared = |name: &str, port: i32, key: &str| {
         let mut r = v4();
         r.sharing_key = Some(key.into());
-        r.ports = vec![ServicePort { protocol: "TCP".into(), port }];
+        r.ports = vec![ServicePort {
+            protocol: "TCP".into(),
+            port,
+        }];
         Svc::new("n", name, r)
     };
     let a1 = shared("a", 80, "k");
@@ -183,7 +231,11 @@ fn sharing_rules() {
     let c = shared("c", 443, "k");
     let d = shared("d", 22, "other");
     let ip_a = a.allocate(ctx(&a1)).unwrap();
-    assert_eq!(a.allocate(ctx(&b)).unwrap(), ip_a, "same key, other port: shared");
+    assert_eq!(
+        a.allocate(ctx(&b)).unwrap(),
+        ip_a,
+        "same key, other port: shared"
+    );
     assert_ne!(a.allocate(ctx(&c)).unwrap(), ip_a, "port clash: not shared");
     assert_ne!(a.allocate(ctx(&d)).unwrap(), ip_a, "other key: not shared");
     // Local policy sharers need the same selector.
@@ -199,16 +251,27 @@ fn sharing_rules() {
 #[test]
 fn overlap_is_reported_and_never_handed_out() {
     let mut a = Allocator::new();
-    a.set_pools(vec![pool("a", &["192.0.2.0/29"]), pool("b", &["192.0.2.4-192.0.2.11"])]);
+    a.set_pools(vec![
+        pool("a", &["192.0.2.0/29"]),
+        pool("b", &["192.0.2.4-192.0.2.11"]),
+    ]);
     assert_eq!(a.overlaps("a")[0].range.to_string(), "192.0.2.4-192.0.2.7");
     assert_eq!(a.overlaps("b")[0].other, "a");
     for i in 0..8 {
-        let got = a.allocate(ctx(&Svc::new("n", &format!("s{i}"), v4()))).unwrap();
-        assert!(!(ip("192.0.2.4")..=ip("192.0.2.7")).contains(&got[0]), "{got:?}");
+        let got = a
+            .allocate(ctx(&Svc::new("n", &format!("s{i}"), v4())))
+            .unwrap();
+        assert!(
+            !(ip("192.0.2.4")..=ip("192.0.2.7")).contains(&got[0]),
+            "{got:?}"
+        );
     }
     let mut r = v4();
     r.requested_ips = vec![ip("192.0.2.5")];
-    assert!(matches!(a.allocate(ctx(&Svc::new("n", "x", r))), Err(AllocationError::InOverlap { .. })));
+    assert!(matches!(
+        a.allocate(ctx(&Svc::new("n", "x", r))),
+        Err(AllocationError::InOverlap { .. })
+    ));
 }
 
 #[test]
@@ -220,7 +283,10 @@ fn held_ips_survive_pool_changes_and_are_rechecked() {
     // The pool shrinks away from the IP: still held, but no longer valid.
     a.set_pools(vec![pool("p", &["192.0.2.8/30"])]);
     assert_eq!(a.ips_of(&s.key), got.as_slice());
-    assert_eq!(a.check(ctx(&s), &got), Err(AllocationError::NotInAnyPool(got[0])));
+    assert_eq!(
+        a.check(ctx(&s), &got),
+        Err(AllocationError::NotInAnyPool(got[0]))
+    );
     assert_eq!(a.usage("p").assigned[0], 0);
     // Growing back: valid again and not handed to anyone else.
     a.set_pools(vec![pool("p", &["192.0.2.0/29"])]);
@@ -235,7 +301,11 @@ fn per_allocation_work_is_independent_of_pool_size() {
     let mut a = Allocator::new();
     a.set_pools(vec![pool("big", &["2001:db8::/64"])]);
     for i in 0..1000 {
-        let s = Svc::new("n", &format!("s{i}"), request(FamilyPolicy::Single(Family::V6)));
+        let s = Svc::new(
+            "n",
+            &format!("s{i}"),
+            request(FamilyPolicy::Single(Family::V6)),
+        );
         a.allocate(ctx(&s)).unwrap();
     }
     let u = a.usage("big");

@@ -26,7 +26,8 @@ impl Store {
             svc.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
             svc.status = old.status.clone();
         } else {
-            svc.metadata.creation_timestamp = Some(Time(Timestamp::from_second(self.clock).unwrap()));
+            svc.metadata.creation_timestamp =
+                Some(Time(Timestamp::from_second(self.clock).unwrap()));
         }
         self.services.insert(key, svc);
     }
@@ -93,7 +94,12 @@ impl Store {
     }
 }
 
-fn service(ns: &str, name: &str, annotations: &[(&str, &str)], edit: impl FnOnce(&mut ServiceSpec)) -> Service {
+fn service(
+    ns: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    edit: impl FnOnce(&mut ServiceSpec),
+) -> Service {
     let mut spec = ServiceSpec {
         type_: Some("LoadBalancer".into()),
         ip_families: Some(vec!["IPv4".into()]),
@@ -123,7 +129,11 @@ fn service(ns: &str, name: &str, annotations: &[(&str, &str)], edit: impl FnOnce
     }
 }
 
-fn pool(name: &str, addresses: &[&str], edit: impl FnOnce(&mut IPAddressPoolSpec)) -> IPAddressPool {
+fn pool(
+    name: &str,
+    addresses: &[&str],
+    edit: impl FnOnce(&mut IPAddressPoolSpec),
+) -> IPAddressPool {
     let mut spec = IPAddressPoolSpec {
         addresses: addresses.iter().map(|s| s.to_string()).collect(),
         auto_assign: true,
@@ -161,7 +171,9 @@ fn step(store: &mut Store, index: &mut ControllerIndex) {
 fn restart_keeps_ips_even_with_pending_services() {
     // MetalLB #2443: on restart, pending Services took IPs that others held in status.
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.1-192.0.2.2"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.1-192.0.2.2"], |_| {}));
     store.add_service(service("n", "a", &[], |_| {}));
     store.add_service(service("n", "b", &[], |_| {}));
     let _ = running(&mut store);
@@ -179,7 +191,9 @@ fn restart_keeps_ips_even_with_pending_services() {
 #[test]
 fn pending_service_gets_freed_ip_and_pool_growth() {
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.1"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.1"], |_| {}));
     store.add_service(service("n", "a", &[], |_| {}));
     store.add_service(service("n", "b", &[], |_| {}));
     let mut index = running(&mut store);
@@ -211,7 +225,9 @@ fn pending_service_gets_freed_ip_and_pool_growth() {
 #[test]
 fn invalid_status_ip_is_cleared_and_reallocated_with_event() {
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.8/30"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.8/30"], |_| {}));
     let mut svc = service("n", "a", &[], |_| {});
     svc.status = Some(ServiceStatus {
         load_balancer: Some(LoadBalancerStatus {
@@ -241,7 +257,9 @@ fn invalid_status_ip_is_cleared_and_reallocated_with_event() {
 #[test]
 fn pool_shrink_moves_or_waits_and_deletion_frees() {
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
     store.add_service(service("n", "a", &[], |_| {}));
     let mut index = running(&mut store);
     assert_eq!(store.status(&key("a")), vec![ip("192.0.2.0")]);
@@ -256,11 +274,15 @@ fn pool_shrink_moves_or_waits_and_deletion_frees() {
     assert!(store.status(&key("a")).is_empty());
     assert_eq!(store.events_for("a", reasons::ALLOCATION_FAILED), 1);
     // Type changed away from LoadBalancer: the IP is freed and status cleared.
-    store.pools.insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
     index.apply_pool(&store.pools["p"].clone());
     step(&mut store, &mut index);
     assert_eq!(store.status(&key("a")), vec![ip("192.0.2.0")]);
-    store.add_service(service("n", "a", &[], |s| s.type_ = Some("ClusterIP".into())));
+    store.add_service(service("n", "a", &[], |s| {
+        s.type_ = Some("ClusterIP".into())
+    }));
     index.apply_service(&store.services[&key("a")].clone());
     step(&mut store, &mut index);
     assert!(store.status(&key("a")).is_empty());
@@ -269,14 +291,26 @@ fn pool_shrink_moves_or_waits_and_deletion_frees() {
 #[test]
 fn garbage_annotation_warns_and_keeps_held_ip() {
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
     store.add_service(service("n", "a", &[], |_| {}));
-    store.add_service(service("n", "bad", &[("herald.dev/loadBalancerIPs", "banana")], |_| {}));
+    store.add_service(service(
+        "n",
+        "bad",
+        &[("herald.dev/loadBalancerIPs", "banana")],
+        |_| {},
+    ));
     let mut index = running(&mut store);
     assert!(store.status(&key("bad")).is_empty());
     assert_eq!(store.events_for("bad", reasons::INVALID_REQUEST), 1);
     let held = store.status(&key("a"));
-    store.add_service(service("n", "a", &[("herald.dev/address-pool", "")], |_| {}));
+    store.add_service(service(
+        "n",
+        "a",
+        &[("herald.dev/address-pool", "")],
+        |_| {},
+    ));
     index.apply_service(&store.services[&key("a")].clone());
     step(&mut store, &mut index);
     assert_eq!(store.status(&key("a")), held);
@@ -286,8 +320,15 @@ fn garbage_annotation_warns_and_keeps_held_ip() {
 #[test]
 fn deprecated_prefix_warns_once() {
     let mut store = Store::default();
-    store.pools.insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
-    store.add_service(service("n", "a", &[("metallb.universe.tf/address-pool", "p")], |_| {}));
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.0/30"], |_| {}));
+    store.add_service(service(
+        "n",
+        "a",
+        &[("metallb.universe.tf/address-pool", "p")],
+        |_| {},
+    ));
     let mut index = running(&mut store);
     index.apply_service(&store.services[&key("a")].clone());
     step(&mut store, &mut index);
@@ -298,27 +339,58 @@ fn deprecated_prefix_warns_once() {
 #[test]
 fn overlapping_pools_are_marked() {
     let mut store = Store::default();
-    store.pools.insert("a".into(), pool("a", &["192.0.2.0/29"], |_| {}));
-    store.pools.insert("b".into(), pool("b", &["192.0.2.4/30"], |_| {}));
+    store
+        .pools
+        .insert("a".into(), pool("a", &["192.0.2.0/29"], |_| {}));
+    store
+        .pools
+        .insert("b".into(), pool("b", &["192.0.2.4/30"], |_| {}));
     let index = running(&mut store);
     let reports = index.pool_reports();
     for r in &reports {
-        let overlapping = r.conditions.iter().find(|c| c.0 == CONDITION_OVERLAPPING).unwrap();
+        let overlapping = r
+            .conditions
+            .iter()
+            .find(|c| c.0 == CONDITION_OVERLAPPING)
+            .unwrap();
         assert!(overlapping.1, "{r:?}");
     }
     assert_eq!(reports[0].total[0], 4);
     assert_eq!(reports[1].total[0], 0);
-    assert_eq!(store.events.iter().filter(|e| e.reason == reasons::POOL_OVERLAP).count(), 2);
+    assert_eq!(
+        store
+            .events
+            .iter()
+            .filter(|e| e.reason == reasons::POOL_OVERLAP)
+            .count(),
+        2
+    );
 }
 
 // ---- Property test: random operations with restarts; invariants after every step. ----
 
 #[derive(Clone, Debug)]
 enum Op {
-    CreateService { name: u8, ns: u8, port: u8, share: Option<u8>, request: Option<u8>, pool: Option<u8>, dual: bool, local: bool },
+    CreateService {
+        name: u8,
+        ns: u8,
+        port: u8,
+        share: Option<u8>,
+        request: Option<u8>,
+        pool: Option<u8>,
+        dual: bool,
+        local: bool,
+    },
     DeleteService(u8),
     MakeClusterIp(u8),
-    SetPool { name: u8, start: u8, len: u8, auto: bool, ns_only: Option<u8>, v6: bool },
+    SetPool {
+        name: u8,
+        start: u8,
+        len: u8,
+        auto: bool,
+        ns_only: Option<u8>,
+        v6: bool,
+    },
     DeletePool(u8),
     Restart,
 }
@@ -338,14 +410,29 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn apply_op(store: &mut Store, op: &Op) {
     match op {
-        Op::CreateService { name, ns, port, share, request, pool, dual, local } => {
+        Op::CreateService {
+            name,
+            ns,
+            port,
+            share,
+            request,
+            pool,
+            dual,
+            local,
+        } => {
             let share = share.map(|s| format!("key{s}"));
             let request = request.map(|r| format!("192.0.2.{r}"));
             let pool = pool.map(|p| format!("pool{p}"));
             let mut annotations: Vec<(&str, &str)> = Vec::new();
-            if let Some(s) = &share { annotations.push(("herald.dev/allow-shared-ip", s)); }
-            if let Some(r) = &request { annotations.push(("metallb.io/loadBalancerIPs", r)); }
-            if let Some(p) = &pool { annotations.push(("herald.dev/address-pool", p)); }
+            if let Some(s) = &share {
+                annotations.push(("herald.dev/allow-shared-ip", s));
+            }
+            if let Some(r) = &request {
+                annotations.push(("metallb.io/loadBalancerIPs", r));
+            }
+            if let Some(p) = &pool {
+                annotations.push(("herald.dev/address-pool", p));
+            }
             let svc = service(&format!("ns{ns}"), &format!("s{name}"), &annotations, |s| {
                 s.ports.as_mut().unwrap()[0].port = 80 + i32::from(*port);
                 if *dual {
@@ -358,7 +445,9 @@ fn apply_op(store: &mut Store, op: &Op) {
                 }
             });
             // A Service keeps its namespace: delete any same-named one elsewhere first.
-            store.services.retain(|k, _| k.name != format!("s{name}") || k.namespace == format!("ns{ns}"));
+            store
+                .services
+                .retain(|k, _| k.name != format!("s{name}") || k.namespace == format!("ns{ns}"));
             store.add_service(svc);
         }
         Op::DeleteService(name) => store.services.retain(|k, _| k.name != format!("s{name}")),
@@ -371,7 +460,14 @@ fn apply_op(store: &mut Store, op: &Op) {
                 }
             }
         }
-        Op::SetPool { name, start, len, auto, ns_only, v6 } => {
+        Op::SetPool {
+            name,
+            start,
+            len,
+            auto,
+            ns_only,
+            v6,
+        } => {
             let end = start.saturating_add(*len - 1);
             let mut addresses = vec![format!("192.0.2.{start}-192.0.2.{end}")];
             if *v6 {
@@ -446,9 +542,13 @@ fn check_invariants(store: &Store) -> Result<(), TestCaseError> {
         if svcs.len() < 2 {
             continue;
         }
-        let requests: Vec<ServiceRequest> = svcs.iter().map(|s| parse_request(s).unwrap()).collect();
+        let requests: Vec<ServiceRequest> =
+            svcs.iter().map(|s| parse_request(s).unwrap()).collect();
         let first_key = requests[0].sharing_key.clone();
-        prop_assert!(first_key.is_some(), "{ip} held by several Services without a sharing key");
+        prop_assert!(
+            first_key.is_some(),
+            "{ip} held by several Services without a sharing key"
+        );
         let mut ports = BTreeSet::new();
         for r in &requests {
             prop_assert_eq!(&r.sharing_key, &first_key, "{} shared across keys", ip);

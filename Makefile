@@ -1,0 +1,38 @@
+# Herald: `make demo` runs the local lab with a pool and a Service; `make test` runs every test.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+LAB := tests/lab
+
+.PHONY: help k8s build test lint crds demo lab-up lab-down bench
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+k8s: ## build (once; cached in ~/.cache/herald) etcd, kube-apiserver, kube-proxy, kubectl
+	@$(LAB)/build-k8s.sh >/dev/null
+
+build: ## build Herald's binaries (release)
+	cargo build --release --workspace --bins
+
+test: k8s ## unit, property and integration tests (integration against the lab's API server)
+	cargo build --workspace --all-targets --quiet
+	$(LAB)/with-control-plane.sh cargo test --workspace --all-targets
+
+lint: ## rustfmt and clippy, as CI runs them
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+crds: ## regenerate deploy/crds/herald.yaml from the Rust types
+	cargo run --quiet --bin herald-crdgen > deploy/crds/herald.yaml
+
+demo: ## the local lab, a pool and a Service, and the EXTERNAL-IP it got
+	$(LAB)/demo.sh
+
+lab-up: ## start the local lab (control plane + controller); writes .lab/kubeconfig and .lab/env
+	$(LAB)/lab.sh up
+
+lab-down: ## stop the local lab and remove .lab/
+	$(LAB)/lab.sh down
+
+bench: k8s ## benchmarks (figures go to BENCHMARKS.md)
+	tests/bench/run.sh
