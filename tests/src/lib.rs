@@ -176,15 +176,19 @@ impl TestEnv {
 
     /// Starts a controller with explicit settings.
     pub fn start_controller_with(&self, settings: ControllerSettings) -> RunningController {
+        self.start_controller_as(self.client.clone(), settings)
+    }
+
+    /// Starts a controller that talks to the API server with `client` (another identity).
+    pub fn start_controller_as(
+        &self,
+        client: Client,
+        settings: ControllerSettings,
+    ) -> RunningController {
         let metrics = Arc::new(Metrics::new());
         let (shutdown, rx) = watch::channel(false);
         let identity = settings.lease.identity.clone();
-        let task = tokio::spawn(runtime::run(
-            self.client.clone(),
-            settings,
-            metrics.clone(),
-            rx,
-        ));
+        let task = tokio::spawn(runtime::run(client, settings, metrics.clone(), rx));
         RunningController {
             task,
             shutdown,
