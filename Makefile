@@ -9,6 +9,7 @@ help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 k8s: ## build (once; cached in ~/.cache/herald) etcd, kube-apiserver, kube-proxy, kubectl
+	@$(LAB)/install-deps.sh
 	@$(LAB)/build-k8s.sh >/dev/null
 
 build: ## build Herald's binaries (release)

@@ -28,6 +28,7 @@ controller_running() {
 }
 
 up() {
+  "${lab_src}/install-deps.sh"
   log "building herald-controller (${profile})"
   (cd "${repo_root}" && cargo build --quiet --profile "${profile}" -p herald-controller)
   "${cp}" up

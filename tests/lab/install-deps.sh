@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the lab needs when they are missing (as root), so `make test` and
+# `make demo` work on a fresh machine. Go and Rust are expected on the machine already.
+set -euo pipefail
+
+declare -A package_of=(
+  [openssl]=openssl [curl]=curl [ss]=iproute2 [ip]=iproute2 [flock]=util-linux
+)
+missing=()
+for cmd in "${!package_of[@]}"; do
+  command -v "${cmd}" >/dev/null 2>&1 || missing+=("${package_of[${cmd}]}")
+done
+for tool in go cargo; do
+  command -v "${tool}" >/dev/null 2>&1 || { echo "[deps] error: ${tool} is not installed" >&2; exit 1; }
+done
+((${#missing[@]} == 0)) && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [[ "$(id -u)" != 0 ]]; then
+  echo "[deps] error: missing ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "[deps] installing ${missing[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
