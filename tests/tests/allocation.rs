@@ -41,6 +41,11 @@ async fn cidr_range_and_single_ip_pools() -> anyhow::Result<()> {
     let note = env.wait_event("s4", "AllocationFailed").await?;
     assert!(note.contains("no available IPs"), "{note}");
     assert!(env.ips_of("s4").await?.is_empty());
+    let metrics = controller.metrics.encode();
+    assert!(
+        metrics.contains("herald_allocation_failures_total{reason=\"exhausted\"} 1"),
+        "{metrics}"
+    );
     controller.stop().await;
     env.cleanup().await
 }
