@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
@@ -44,8 +44,11 @@ pub enum LeaseDecision {
     Wait,
 }
 
-/// Decides from the Lease's spec whether `identity` may hold it at `now`.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> LeaseDecision {
+/// Decides whether `identity` may hold the Lease, given how long this replica has seen its
+/// record unchanged. Like client-go, expiry is judged on the local clock from when the record
+/// last changed, never by comparing the holder's `renewTime` with our clock: replicas' clocks
+/// may disagree.
+pub fn decide(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration) -> LeaseDecision {
     let Some(spec) = spec else {
         return LeaseDecision::Take { transition: true };
     };
@@ -56,12 +59,30 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Lease
     if holder.is_empty() {
         return LeaseDecision::Take { transition: true };
     }
-    let expires = spec.renew_time.as_ref().map(|t| {
-        t.0 + SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)))
-    });
-    match expires {
-        Some(expires) if expires > now => LeaseDecision::Wait,
-        _ => LeaseDecision::Take { transition: true },
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15));
+    if unchanged_for >= duration {
+        LeaseDecision::Take { transition: true }
+    } else {
+        LeaseDecision::Wait
+    }
+}
+
+/// When this replica last saw the Lease record change.
+#[derive(Default)]
+struct Observed {
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    since: Option<Instant>,
+}
+
+impl Observed {
+    fn unchanged_for(&mut self, spec: Option<&LeaseSpec>) -> Duration {
+        let record = spec.map(|s| (s.holder_identity.clone(), s.renew_time.clone()));
+        if record != self.record || self.since.is_none() {
+            self.record = record;
+            self.since = Some(Instant::now());
+        }
+        self.since.map(|t| t.elapsed()).unwrap_or_default()
     }
 }
 
@@ -94,11 +115,12 @@ fn lease_spec(
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     settings: &LeaseSettings,
+    observed: &mut Observed,
 ) -> Result<bool, kube::Error> {
     let current = api.get_opt(&settings.name).await?;
     let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-    let LeaseDecision::Take { transition } = decide(spec, &settings.identity, Timestamp::now())
-    else {
+    let unchanged_for = observed.unchanged_for(spec);
+    let LeaseDecision::Take { transition } = decide(spec, &settings.identity, unchanged_for) else {
         return Ok(false);
     };
     let result = match current {
@@ -158,8 +180,9 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let mut last_renew: Option<Instant> = None;
+    let mut observed = Observed::default();
     loop {
-        match try_acquire_or_renew(&api, &settings).await {
+        match try_acquire_or_renew(&api, &settings, &mut observed).await {
             Ok(true) => last_renew = Some(Instant::now()),
             Ok(false) => last_renew = None,
             Err(e) => {
@@ -190,13 +213,12 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
-    fn spec(holder: Option<&str>, renewed_secs_ago: i64, duration: i32) -> LeaseSpec {
+    fn spec(holder: Option<&str>, duration: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: holder.map(str::to_string),
-            renew_time: Some(MicroTime(
-                Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago),
-            )),
+            renew_time: Some(MicroTime(Timestamp::now())),
             lease_duration_seconds: Some(duration),
             ..Default::default()
         }
@@ -204,26 +226,39 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let now = Timestamp::now();
+        let fresh = Duration::from_secs(1);
+        let stale = Duration::from_secs(20);
         assert_eq!(
-            decide(None, "a", now),
+            decide(None, "a", fresh),
             LeaseDecision::Take { transition: true }
         );
         assert_eq!(
-            decide(Some(&spec(Some("a"), 1, 15)), "a", now),
+            decide(Some(&spec(Some("a"), 15)), "a", stale),
             LeaseDecision::Take { transition: false }
         );
         assert_eq!(
-            decide(Some(&spec(Some("b"), 1, 15)), "a", now),
+            decide(Some(&spec(Some("b"), 15)), "a", fresh),
             LeaseDecision::Wait
         );
         assert_eq!(
-            decide(Some(&spec(Some("b"), 20, 15)), "a", now),
+            decide(Some(&spec(Some("b"), 15)), "a", stale),
             LeaseDecision::Take { transition: true }
         );
         assert_eq!(
-            decide(Some(&spec(None, 1, 15)), "a", now),
+            decide(Some(&spec(None, 15)), "a", fresh),
             LeaseDecision::Take { transition: true }
         );
+    }
+
+    #[test]
+    fn expiry_counts_from_when_the_record_last_changed() {
+        let mut observed = Observed::default();
+        let a = spec(Some("b"), 15);
+        assert!(observed.unchanged_for(Some(&a)) < Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(observed.unchanged_for(Some(&a)) >= Duration::from_millis(20));
+        let mut renewed = a.clone();
+        renewed.renew_time = Some(MicroTime(Timestamp::now() + SignedDuration::from_secs(1)));
+        assert!(observed.unchanged_for(Some(&renewed)) < Duration::from_millis(20));
     }
 }
