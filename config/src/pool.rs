@@ -53,6 +53,18 @@ fn default_true() -> bool {
     true
 }
 
+impl IPAddressPoolSpec {
+    /// A pool of these addresses with the API's defaults (`autoAssign: true`, nothing else).
+    pub fn new<S: ToString>(addresses: &[S]) -> IPAddressPoolSpec {
+        IPAddressPoolSpec {
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+        }
+    }
+}
+
 /// Which Services a pool serves, and its precedence over other pools that match them.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -181,10 +181,8 @@ mod tests {
 
     fn spec(addresses: &[&str], allocation: Option<ServiceAllocation>) -> IPAddressPoolSpec {
         IPAddressPoolSpec {
-            addresses: addresses.iter().map(|s| s.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
             service_allocation: allocation,
+            ..IPAddressPoolSpec::new(addresses)
         }
     }
 

@@ -205,6 +205,21 @@ impl ServedClass {
     }
 }
 
+/// The IPs in `status.loadBalancer.ingress` (entries without a parseable IP are skipped).
+pub fn status_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether Herald should give this Service an address at all.
 pub fn is_ours(svc: &Service, class: &ServedClass) -> bool {
     let Some(spec) = svc.spec.as_ref() else {

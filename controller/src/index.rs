@@ -17,7 +17,7 @@ use herald_config::pool::{
 use herald_config::selection::{Labels, PoolPolicy};
 use herald_config::service::{
     FamilyPolicy, ServedClass, ServiceInputError, ServiceKey, ServiceRequest, is_ours,
-    parse_request,
+    parse_request, status_ips,
 };
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -160,20 +160,6 @@ pub struct ControllerIndex {
     pool_events: Vec<Action>,
 }
 
-fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| {
-            ingress
-                .iter()
-                .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn join_ips(ips: &[IpAddr]) -> String {
     ips.iter()
         .map(ToString::to_string)
@@ -215,7 +201,7 @@ impl ControllerIndex {
         } else {
             Ownership::NotLoadBalancer
         };
-        let status_ips = ingress_ips(svc);
+        let status_ips = status_ips(svc);
         let previous = self.services.remove(&key);
         let (written, last_problem, deprecated_reported) = match previous {
             Some(p) => {

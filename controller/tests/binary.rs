@@ -104,12 +104,7 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
     let pools: Api<IPAddressPool> = Api::all(client.clone());
     let mut pool = IPAddressPool::new(
         &format!("{ns}-p"),
-        IPAddressPoolSpec {
-            addresses: vec!["192.0.2.184/30".into()],
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            service_allocation: None,
-        },
+        IPAddressPoolSpec::new(&["192.0.2.184/30"]),
     );
     pool.metadata.labels = Some([("herald.dev/test".to_string(), ns.clone())].into());
     pools.create(&PostParams::default(), &pool).await?;

@@ -433,28 +433,11 @@ impl TestEnv {
 }
 
 /// The status IPs of a Service.
-pub fn ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| {
-            ingress
-                .iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use herald_config::service::status_ips as ips;
 
 /// A pool spec with these addresses and defaults otherwise.
 pub fn pool_spec(addresses: &[&str]) -> IPAddressPoolSpec {
-    IPAddressPoolSpec {
-        addresses: addresses.iter().map(|s| s.to_string()).collect(),
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    }
+    IPAddressPoolSpec::new(addresses)
 }
 
 /// A few random bits for unique names (no extra dependency).

@@ -14,12 +14,7 @@ fn pool_with(
     addresses: &[&str],
     edit: impl FnOnce(&mut IPAddressPoolSpec),
 ) -> PoolPolicy {
-    let mut spec = IPAddressPoolSpec {
-        addresses: addresses.iter().map(|s| s.to_string()).collect(),
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    };
+    let mut spec = IPAddressPoolSpec::new(addresses);
     edit(&mut spec);
     PoolPolicy::from_spec(name, &spec)
 }

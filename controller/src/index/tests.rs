@@ -80,7 +80,7 @@ impl Store {
     }
 
     fn status(&self, key: &ServiceKey) -> Vec<IpAddr> {
-        self.services.get(key).map(ingress_ips).unwrap_or_default()
+        self.services.get(key).map(status_ips).unwrap_or_default()
     }
 
     fn events_for(&self, name: &str, reason: &str) -> usize {
@@ -134,12 +134,7 @@ fn pool(
     addresses: &[&str],
     edit: impl FnOnce(&mut IPAddressPoolSpec),
 ) -> IPAddressPool {
-    let mut spec = IPAddressPoolSpec {
-        addresses: addresses.iter().map(|s| s.to_string()).collect(),
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    };
+    let mut spec = IPAddressPoolSpec::new(addresses);
     edit(&mut spec);
     let mut p = IPAddressPool::new(name, spec);
     p.metadata.uid = Some(format!("uid-{name}"));
@@ -523,7 +518,7 @@ fn check_invariants(store: &Store) -> Result<(), TestCaseError> {
         .collect();
     let mut holders: HashMap<IpAddr, Vec<&Service>> = HashMap::new();
     for svc in store.services.values() {
-        let ips = ingress_ips(svc);
+        let ips = status_ips(svc);
         if svc.spec.as_ref().unwrap().type_.as_deref() != Some("LoadBalancer") {
             prop_assert!(ips.is_empty());
         }
