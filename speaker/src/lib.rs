@@ -1,0 +1,19 @@
+//! Herald's layer-2 speaker: the pure, I/O-free core. Frames and membership facts come in;
+//! decisions and frames go out. Sockets, rtnetlink, gossip and the Kubernetes API live at the
+//! edge and only feed these modules.
+//!
+//! - [`frame`]: an Ethernet frame decoded into the messages the speaker acts on, or dropped
+//!   with a [`DropReason`]; [`MacAddr`].
+//! - [`arp`]: ARP requests and replies, answers and gratuitous announcements (RFC 826, 5227).
+//! - [`ndp`]: Neighbor Solicitations and Advertisements, solicited-node groups (RFC 4861).
+//! - [`election`]: which eligible node owns an IP — rendezvous hashing.
+//! - [`eligibility`]: whether a node may own an IP, and the hold-down that keeps a flapping
+//!   node from pulling IPs back and forth.
+
+pub mod arp;
+pub mod frame;
+pub mod ndp;
+
+pub use arp::{ArpReply, ArpRequest};
+pub use frame::{DropReason, EthernetHeader, Frame, MacAddr, Message};
+pub use ndp::{NeighborAdvertisement, NeighborSolicitation};
