@@ -11,9 +11,13 @@
 //!   node from pulling IPs back and forth.
 
 pub mod arp;
+pub mod election;
+pub mod eligibility;
 pub mod frame;
 pub mod ndp;
 
 pub use arp::{ArpReply, ArpRequest};
+pub use election::{Candidate, ElectionKey, NodeName};
+pub use eligibility::{Exclusion, HoldDown, Liveness};
 pub use frame::{DropReason, EthernetHeader, Frame, MacAddr, Message};
 pub use ndp::{NeighborAdvertisement, NeighborSolicitation};
