@@ -2,9 +2,9 @@
 //! reveal a conflicting owner, and the Advertisements we send — solicited answers and unsolicited
 //! announcements — plus the solicited-node multicast group a VIP's solicitations arrive on.
 //!
-//! Two entry points for input: [`decode_ipv6`] for a whole frame from an AF_PACKET socket (via
-//! [`Frame::decode`]), and [`decode_icmpv6`] for the payload of a raw ICMPv6 socket, where the
-//! kernel has stripped the IPv6 header and the hop limit comes from `IPV6_RECVHOPLIMIT`.
+//! Two entry points for input: [`Frame::decode`] for a whole frame from an AF_PACKET socket,
+//! and [`decode_icmpv6`] for the payload of a raw ICMPv6 socket, where the kernel has stripped
+//! the IPv6 header and the hop limit comes from `IPV6_RECVHOPLIMIT`.
 
 use std::net::Ipv6Addr;
 
