@@ -11,9 +11,11 @@
 //!   node from pulling IPs back and forth.
 
 pub mod arp;
+pub mod cluster_view;
 pub mod election;
 pub mod eligibility;
 pub mod frame;
+pub mod membership;
 pub mod ndp;
 
 pub use arp::{ArpReply, ArpRequest};
