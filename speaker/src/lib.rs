@@ -10,6 +10,7 @@
 //! - [`eligibility`]: whether a node may own an IP, and the hold-down that keeps a flapping
 //!   node from pulling IPs back and forth.
 
+pub mod announcer;
 pub mod arp;
 pub mod cluster_view;
 pub mod election;
