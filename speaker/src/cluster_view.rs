@@ -14,6 +14,7 @@ use herald_config::service::ServiceKey;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Expression, Selector, SelectorExt};
 
+use crate::interfaces::is_default_candidate;
 use crate::election::{Candidate, ElectionKey, NodeName, keys_by_ip, owner};
 use crate::eligibility::{self, AddressFacts, Exclusion, Link, Liveness, NodeFacts, TrafficPolicy};
 
@@ -226,7 +227,13 @@ impl<M: MembershipView> ClusterView<'_, M> {
                 let link = self.membership.usable_links(name).and_then(|links| {
                     links
                         .iter()
-                        .any(|l| any_interface || interfaces.contains(l))
+                        .any(|l| {
+                            if any_interface {
+                                is_default_candidate(l)
+                            } else {
+                                interfaces.contains(l)
+                            }
+                        })
                         .then_some(Link {
                             up: true,
                             carrier: true,

@@ -16,8 +16,11 @@ pub mod cluster_view;
 pub mod election;
 pub mod eligibility;
 pub mod frame;
+pub mod interfaces;
 pub mod membership;
+pub mod metrics;
 pub mod ndp;
+pub mod packet_socket;
 
 pub use arp::{ArpReply, ArpRequest};
 pub use election::{Candidate, ElectionKey, NodeName};
