@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the lab needs when they are missing (as root), so `make test` and
 # `make demo` work on a fresh machine. Go and Rust are expected on the machine already.
+#   --node-lab  also what the node lab (tests/lab/nodes.sh) needs: nft and iptables for
+#               kube-proxy, python3 for the backends, arping and ndisc6 for the client.
 set -euo pipefail
 
 declare -A package_of=(
   [openssl]=openssl [curl]=curl [ss]=iproute2 [ip]=iproute2 [flock]=util-linux
 )
+if [[ "${1:-}" == --node-lab ]]; then
+  package_of+=(
+    [nft]=nftables [iptables]=iptables [python3]=python3 [arping]=iputils-arping [ndisc6]=ndisc6
+  )
+fi
 missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "${cmd}" >/dev/null 2>&1 || missing+=("${package_of[${cmd}]}")

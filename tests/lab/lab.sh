@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The local lab: the control plane (control-plane.sh) plus Herald's controller.
+# The local lab: the control plane (control-plane.sh) plus Herald's controller,
+# and as root the node lab (nodes.sh: node namespaces with kube-proxy).
 #
 #   tests/lab/lab.sh up     build what is missing, start etcd, kube-apiserver and
-#                           herald-controller, install the CRDs
+#                           herald-controller, install the CRDs; as root (unless
+#                           HERALD_NODES=0) first the node lab's network, the API
+#                           server on its address (203.0.113.254), then the nodes
 #   tests/lab/lab.sh down   stop all of it and remove .lab/
 #
 # .lab/env gets KUBECONFIG=..., the PIDs of every process started
 # (HERALD_ETCD_PID, HERALD_APISERVER_PID, HERALD_CONTROLLER_PID) and
-# HERALD_METRICS_URL. Environment: HERALD_METRICS_PORT (default 7472),
-# HERALD_PROFILE (cargo profile, default release).
+# HERALD_METRICS_URL, and with the node lab what nodes.sh lists. Environment:
+# HERALD_METRICS_PORT (default 7472), HERALD_PROFILE (cargo profile, default
+# release), HERALD_NODES (node count, default 3; 0: no node lab).
 set -euo pipefail
 
 lab_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "${lab_src}/../.." && pwd)"
 lab="${HERALD_LAB_DIR:-${repo_root}/.lab}"
 cp="${lab_src}/control-plane.sh"
+nodes="${lab_src}/nodes.sh"
 metrics_port="${HERALD_METRICS_PORT:-7472}"
 profile="${HERALD_PROFILE:-release}"
 pid_file="${lab}/pids/herald-controller.pid"
@@ -23,15 +28,28 @@ log_file="${lab}/logs/herald-controller.log"
 log() { printf '[lab] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# The node lab runs as root unless HERALD_NODES=0.
+node_lab() { [[ "$(id -u)" == 0 && "${HERALD_NODES:-3}" != 0 ]]; }
+
 controller_running() {
   [[ -f "${pid_file}" ]] && kill -0 "$(cat "${pid_file}")" 2>/dev/null
 }
 
 up() {
-  "${lab_src}/install-deps.sh"
+  if node_lab; then
+    "${lab_src}/install-deps.sh" --node-lab
+  else
+    "${lab_src}/install-deps.sh"
+  fi
   log "building herald-controller (${profile})"
   (cd "${repo_root}" && cargo build --quiet --profile "${profile}" -p herald-controller)
-  "${cp}" up
+  if node_lab; then
+    # The nodes reach the API server on an address of the root namespace.
+    "${nodes}" net
+    HERALD_APISERVER_ADDRESS="$("${nodes}" api-address)" "${cp}" up
+  else
+    "${cp}" up
+  fi
   set -a
   # shellcheck disable=SC1090
   . <("${cp}" env)
@@ -71,6 +89,7 @@ up() {
     printf 'HERALD_METRICS_URL=http://127.0.0.1:%s/metrics\n' "${metrics_port}"
   } >"${lab}/env.new"
   mv "${lab}/env.new" "${lab}/env"
+  if node_lab; then "${nodes}" up; fi
   log "lab is up: . ${lab}/env (KUBECONFIG=${KUBECONFIG})"
 }
 
@@ -89,11 +108,17 @@ down() {
     fi
     rm -f "${pid_file}" "${log_file}"
   fi
+  # As root the node lab goes too, whatever HERALD_NODES says (a no-op when
+  # absent). Its processes first: the API server's graceful shutdown waits for
+  # its clients (kube-proxy) to hang up. Its address (hl-api0) last, once the
+  # API server is gone: without it, the API server's connections never close.
+  if [[ "$(id -u)" == 0 ]]; then "${nodes}" down; fi
   "${cp}" down
+  if [[ "$(id -u)" == 0 ]]; then "${nodes}" down; fi
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  *) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
