@@ -14,9 +14,9 @@ use herald_config::service::ServiceKey;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Expression, Selector, SelectorExt};
 
-use crate::interfaces::is_default_candidate;
 use crate::election::{Candidate, ElectionKey, NodeName, keys_by_ip, owner};
 use crate::eligibility::{self, AddressFacts, Exclusion, Link, Liveness, NodeFacts, TrafficPolicy};
+use crate::interfaces::is_default_candidate;
 
 /// A Node, as far as elections care.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -13,8 +13,19 @@ use crate::frame::MacAddr;
 
 /// Interface name prefixes never used unless an advertisement names them (MetalLB's list).
 pub const DEFAULT_EXCLUDED_PREFIXES: &[&str] = &[
-    "docker", "cbr", "dummy", "virbr", "lxcbr", "veth", "cali", "tunl", "flannel", "kube-ipvs", "cni",
-    "nodelocaldns", "lxc",
+    "docker",
+    "cbr",
+    "dummy",
+    "virbr",
+    "lxcbr",
+    "veth",
+    "cali",
+    "tunl",
+    "flannel",
+    "kube-ipvs",
+    "cni",
+    "nodelocaldns",
+    "lxc",
 ];
 
 const IFF_UP: u32 = 0x1;
@@ -56,7 +67,10 @@ impl InterfaceState {
 
 /// Whether an interface of this name is used when no advertisement names interfaces.
 pub fn is_default_candidate(name: &str) -> bool {
-    name != "lo" && !DEFAULT_EXCLUDED_PREFIXES.iter().any(|p| name.starts_with(p))
+    name != "lo"
+        && !DEFAULT_EXCLUDED_PREFIXES
+            .iter()
+            .any(|p| name.starts_with(p))
 }
 
 /// Parses a MAC as sysfs prints it (`02:00:00:00:00:01`).
@@ -92,7 +106,9 @@ pub fn parse_if_inet6(text: &str) -> Vec<(String, Ipv6Addr)> {
 }
 
 fn read(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Reads every interface from `/sys/class/net` and `/proc/net/if_inet6`.
@@ -139,7 +155,10 @@ mod tests {
 
     #[test]
     fn parses_sysfs_and_procfs_text() {
-        assert_eq!(parse_mac("02:00:00:00:00:0a\n"), Some(MacAddr([2, 0, 0, 0, 0, 10])));
+        assert_eq!(
+            parse_mac("02:00:00:00:00:0a\n"),
+            Some(MacAddr([2, 0, 0, 0, 0, 10]))
+        );
         assert_eq!(parse_mac("02:00:00"), None);
         assert_eq!(parse_mac("02:00:00:00:00:00:00"), None);
         let text = "fe800000000000000000000000000001 02 40 20 80 eth0\n\
@@ -165,10 +184,34 @@ mod tests {
             link_local: None,
         };
         assert!(eth0.usable() && eth0.default_candidate());
-        assert!(!InterfaceState { carrier: false, ..eth0.clone() }.usable());
-        assert!(!InterfaceState { enslaved: true, ..eth0.clone() }.usable());
-        assert!(!InterfaceState { name: "veth12".into(), ..eth0.clone() }.default_candidate());
-        assert!(!InterfaceState { name: "lo".into(), ..eth0 }.default_candidate());
+        assert!(
+            !InterfaceState {
+                carrier: false,
+                ..eth0.clone()
+            }
+            .usable()
+        );
+        assert!(
+            !InterfaceState {
+                enslaved: true,
+                ..eth0.clone()
+            }
+            .usable()
+        );
+        assert!(
+            !InterfaceState {
+                name: "veth12".into(),
+                ..eth0.clone()
+            }
+            .default_candidate()
+        );
+        assert!(
+            !InterfaceState {
+                name: "lo".into(),
+                ..eth0
+            }
+            .default_candidate()
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod ndp;
 pub mod packet_socket;
+pub mod runtime;
 
 pub use arp::{ArpReply, ArpRequest};
 pub use election::{Candidate, ElectionKey, NodeName};

@@ -82,17 +82,61 @@ impl Metrics {
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
-        registry.register("requests_received", "ARP requests and Neighbor Solicitations for owned IPs", m.requests_received.clone());
-        registry.register("responses_sent", "ARP replies and Neighbor Advertisements sent", m.responses_sent.clone());
-        registry.register("gratuitous_sent", "Gratuitous ARP and unsolicited NA sent", m.gratuitous_sent.clone());
-        registry.register("conflicts", "Another MAC claimed an owned IP", m.conflicts.clone());
-        registry.register("announced", "1 for each IP this node announces", m.announced.clone());
-        registry.register("frames_dropped", "Received frames dropped, by reason", m.frames_dropped.clone());
-        registry.register("heartbeats_rejected", "Membership datagrams refused, by reason", m.heartbeats_rejected.clone());
-        registry.register("members", "Live speakers, this one included", m.members.clone());
-        registry.register("quorum", "1 while this speaker hears a majority and may announce", m.quorum.clone());
-        registry.register("ips_gained", "IPs this node started announcing", m.ips_gained.clone());
-        registry.register("ips_lost", "IPs this node stopped announcing", m.ips_lost.clone());
+        registry.register(
+            "requests_received",
+            "ARP requests and Neighbor Solicitations for owned IPs",
+            m.requests_received.clone(),
+        );
+        registry.register(
+            "responses_sent",
+            "ARP replies and Neighbor Advertisements sent",
+            m.responses_sent.clone(),
+        );
+        registry.register(
+            "gratuitous_sent",
+            "Gratuitous ARP and unsolicited NA sent",
+            m.gratuitous_sent.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Another MAC claimed an owned IP",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "announced",
+            "1 for each IP this node announces",
+            m.announced.clone(),
+        );
+        registry.register(
+            "frames_dropped",
+            "Received frames dropped, by reason",
+            m.frames_dropped.clone(),
+        );
+        registry.register(
+            "heartbeats_rejected",
+            "Membership datagrams refused, by reason",
+            m.heartbeats_rejected.clone(),
+        );
+        registry.register(
+            "members",
+            "Live speakers, this one included",
+            m.members.clone(),
+        );
+        registry.register(
+            "quorum",
+            "1 while this speaker hears a majority and may announce",
+            m.quorum.clone(),
+        );
+        registry.register(
+            "ips_gained",
+            "IPs this node started announcing",
+            m.ips_gained.clone(),
+        );
+        registry.register(
+            "ips_lost",
+            "IPs this node stopped announcing",
+            m.ips_lost.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -113,7 +157,10 @@ impl Metrics {
 
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.encode(),
     )
 }

@@ -193,7 +193,8 @@ impl PacketSocket {
         self.fd
             .async_io(Interest::WRITABLE, |fd| {
                 // SAFETY: `frame` is valid for `frame.len()` bytes.
-                let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+                let n =
+                    unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {

@@ -1,0 +1,754 @@
+//! The speaker's main loop: Kubernetes watches, the membership's UDP socket, interface scans and
+//! packet sockets feed the pure parts (membership, cluster view, announcer); their decisions go
+//! out as frames.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{FutureExt, StreamExt};
+use herald_config::l2advertisement::L2Advertisement;
+use herald_config::pool::IPAddressPool;
+use herald_config::selection::PoolPolicy;
+use herald_config::service::{ServedClass, ServiceKey, is_ours, status_ips};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::announcer::{Announcer, GratuitousSettings, Interface, Outcome};
+use crate::cluster_view::{
+    AdvertisementInfo, ClusterView, MembershipView, NodeInfo, PoolInfo, ServiceInfo,
+};
+use crate::election::NodeName;
+use crate::eligibility::{HoldDown, Liveness, TrafficPolicy};
+use crate::frame::{Frame, Message};
+use crate::interfaces::{self, InterfaceState};
+use crate::membership::{self, Heartbeat, Membership, has_quorum};
+use crate::metrics::{IpLabels, Metrics, ReasonLabels};
+use crate::ndp;
+use crate::packet_socket::{PacketSocket, Protocol};
+
+/// How the speaker runs.
+#[derive(Clone, Debug)]
+pub struct SpeakerSettings {
+    /// This node's name (the Node object's).
+    pub node: NodeName,
+    /// The `spec.loadBalancerClass` served (as the controller's flag).
+    pub class: Option<String>,
+    /// UDP port of the membership.
+    pub membership_port: u16,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is dead and its IPs move.
+    pub dead_after: Duration,
+    /// A speaker that has not heard a majority within this window stops announcing. Shorter
+    /// than `dead_after`, so a cut-off owner is silent before anyone takes over.
+    pub withdraw_after: Duration,
+    /// A node that joins or returns is eligible only after this long.
+    pub hold_down: Duration,
+    /// Namespace and name of the Secret holding the membership key (`secretkey`).
+    pub secret: (String, String),
+    /// Gratuitous announcements.
+    pub gratuitous: GratuitousSettings,
+    /// How often interfaces are re-read.
+    pub interface_scan: Duration,
+}
+
+/// The key in the Secret's data.
+pub const SECRET_KEY: &str = "secretkey";
+
+struct Sockets {
+    arp: Arc<PacketSocket>,
+    ndp: Arc<PacketSocket>,
+    joined: BTreeSet<[u8; 6]>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
+}
+
+struct Stores {
+    nodes: Store<Node>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pools: Store<IPAddressPool>,
+    ads: Store<L2Advertisement>,
+    secrets: Store<Secret>,
+}
+
+struct Members<'a> {
+    membership: &'a Membership,
+    hold: &'a HoldDown,
+    my_links: &'a [String],
+    me: &'a NodeName,
+    now: Instant,
+}
+
+impl MembershipView for Members<'_> {
+    fn liveness(&self, node: &NodeName) -> Liveness {
+        if self.membership.is_alive(node, self.now) {
+            self.hold.liveness(node, self.now)
+        } else {
+            Liveness::Absent
+        }
+    }
+
+    fn usable_links(&self, node: &NodeName) -> Option<Vec<String>> {
+        if node == self.me {
+            Some(self.my_links.to_vec())
+        } else {
+            self.membership.links(node).map(<[String]>::to_vec)
+        }
+    }
+}
+
+struct Speaker {
+    settings: SpeakerSettings,
+    class: ServedClass,
+    metrics: Arc<Metrics>,
+    stores: Stores,
+    membership: Membership,
+    hold: HoldDown,
+    announcer: Announcer,
+    interfaces: Vec<InterfaceState>,
+    sockets: BTreeMap<String, Sockets>,
+    frames: mpsc::Sender<(String, Vec<u8>)>,
+    started: Instant,
+    incarnation: u64,
+    seq: u64,
+    /// When this speaker last (re)gained quorum: its own hold-down starts there.
+    member_since: Instant,
+    had_quorum: bool,
+    last_alive: BTreeSet<NodeName>,
+}
+
+fn node_info(node: &Node) -> NodeInfo {
+    NodeInfo {
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        network_unavailable: node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+            }),
+    }
+}
+
+fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(|ip| ip.is_ipv6());
+    out
+}
+
+impl Speaker {
+    fn my_links(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.usable())
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    fn key(&self) -> Option<Vec<u8>> {
+        let (ns, name) = &self.settings.secret;
+        self.stores
+            .secrets
+            .state()
+            .into_iter()
+            .find(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.metadata.namespace.as_deref() == Some(ns)
+            })
+            .and_then(|s| s.data.as_ref()?.get(SECRET_KEY).map(|b| b.0.clone()))
+            .filter(|k| !k.is_empty())
+    }
+
+    /// The Nodes known to run a speaker: every Node (the speaker is a DaemonSet).
+    fn known_speakers(&self) -> usize {
+        self.stores.nodes.state().len()
+    }
+
+    fn heartbeat(&mut self, leaving: bool) -> Heartbeat {
+        self.seq += 1;
+        Heartbeat {
+            node: self.settings.node.as_str().to_string(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+            leaving,
+            links: self.my_links(),
+            member_for_ms: u64::try_from(self.member_since.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    async fn send_heartbeats(&mut self, socket: &UdpSocket, leaving: bool) {
+        let Some(key) = self.key() else { return };
+        let datagram = membership::seal(&self.heartbeat(leaving), &key);
+        for node in self.stores.nodes.state() {
+            if node.name_any() == self.settings.node.as_str() {
+                continue;
+            }
+            if let Some(ip) = node_addresses(&node).first() {
+                let target = match ip {
+                    IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                    IpAddr::V6(v6) => IpAddr::V6(*v6),
+                };
+                if let Err(e) = socket
+                    .send_to(
+                        &datagram,
+                        SocketAddr::new(target, self.settings.membership_port),
+                    )
+                    .await
+                {
+                    tracing::debug!(node = %node.name_any(), error = %e, "heartbeat not sent");
+                }
+            }
+        }
+    }
+
+    fn receive_heartbeat(&mut self, datagram: &[u8]) -> bool {
+        let Some(key) = self.key() else { return false };
+        let result = membership::open(datagram, &key)
+            .and_then(|hb| self.membership.receive(hb, Instant::now()));
+        match result {
+            Ok(change) => !matches!(change, membership::Change::Refreshed),
+            Err(e) => {
+                if e != membership::Rejection::OwnHeartbeat {
+                    self.metrics
+                        .heartbeats_rejected
+                        .get_or_create(&ReasonLabels {
+                            reason: e.metric_label(),
+                        })
+                        .inc();
+                }
+                false
+            }
+        }
+    }
+
+    fn services(&self) -> Vec<ServiceInfo> {
+        let mut endpoints: BTreeMap<ServiceKey, (BTreeSet<NodeName>, bool)> = BTreeMap::new();
+        for slice in self.stores.slices.state() {
+            let (Some(ns), Some(svc)) = (
+                slice.metadata.namespace.clone(),
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name").cloned()),
+            ) else {
+                continue;
+            };
+            let entry = endpoints.entry(ServiceKey::new(ns, svc)).or_default();
+            for ep in &slice.endpoints {
+                let conditions = ep.conditions.as_ref();
+                let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+                let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+                if serving {
+                    entry.1 = true;
+                }
+                if ready && let Some(node) = &ep.node_name {
+                    entry.0.insert(NodeName::new(node.clone()));
+                }
+            }
+        }
+        self.stores
+            .services
+            .state()
+            .iter()
+            .filter(|svc| is_ours(svc, &self.class))
+            .filter_map(|svc| {
+                let key = ServiceKey::of(svc)?;
+                let ips = status_ips(svc);
+                if ips.is_empty() {
+                    return None;
+                }
+                let (endpoint_nodes, has_endpoints) =
+                    endpoints.get(&key).cloned().unwrap_or_default();
+                let local = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local");
+                Some(ServiceInfo {
+                    key,
+                    ips,
+                    labels: svc.metadata.labels.clone().unwrap_or_default(),
+                    policy: if local {
+                        TrafficPolicy::Local
+                    } else {
+                        TrafficPolicy::Cluster
+                    },
+                    endpoint_nodes,
+                    has_endpoints,
+                })
+            })
+            .collect()
+    }
+
+    /// Re-runs the elections and applies this node's share.
+    fn recompute(&mut self) {
+        let now = Instant::now();
+        let nodes: BTreeMap<NodeName, NodeInfo> = self
+            .stores
+            .nodes
+            .state()
+            .iter()
+            .map(|n| (NodeName::new(n.name_any()), node_info(n)))
+            .collect();
+        let alive: BTreeMap<NodeName, Instant> = self.membership.alive(now).into_iter().collect();
+        for name in nodes.keys() {
+            match alive.get(name) {
+                Some(_) if *name == self.settings.node => self.hold.up(name, self.member_since),
+                Some(since) => self.hold.up(name, *since),
+                None => self.hold.down(name),
+            }
+        }
+        let known = nodes.len();
+        let heard = self
+            .membership
+            .heard_within(self.settings.withdraw_after, now);
+        let quorum = self.key().is_some() && has_quorum(known, heard);
+        if quorum && !self.had_quorum {
+            // Back from a cut: this node is held down like any returning node.
+            self.member_since = now;
+            self.hold.down(&self.settings.node);
+            self.hold.up(&self.settings.node, now);
+        }
+        if quorum != self.had_quorum {
+            tracing::info!(quorum, known, heard, "quorum changed");
+        }
+        self.had_quorum = quorum;
+        self.metrics.quorum.set(i64::from(quorum));
+        self.metrics.members.set(alive.len() as i64);
+        self.last_alive = alive.keys().cloned().collect();
+
+        let pools: Vec<PoolInfo> = self
+            .stores
+            .pools
+            .state()
+            .iter()
+            .map(|p| PoolInfo {
+                name: p.name_any(),
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                ranges: PoolPolicy::from_spec(&p.name_any(), &p.spec).ranges,
+            })
+            .collect();
+        let ads: Vec<AdvertisementInfo> = self
+            .stores
+            .ads
+            .state()
+            .iter()
+            .map(|a| AdvertisementInfo::from_spec(&a.name_any(), &a.spec))
+            .collect();
+        let services = self.services();
+        let my_links = self.my_links();
+        let view = ClusterView {
+            nodes: &nodes,
+            pools: &pools,
+            advertisements: &ads,
+            services: &services,
+            membership: &Members {
+                membership: &self.membership,
+                hold: &self.hold,
+                my_links: &my_links,
+                me: &self.settings.node,
+                now,
+            },
+        };
+        let mine: BTreeMap<IpAddr, Vec<String>> = if quorum {
+            view.elect()
+                .into_iter()
+                .filter(|o| o.owner.as_ref() == Some(&self.settings.node))
+                .map(|o| (o.ip, o.interfaces))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let (gained, lost) = self.announcer.set_owned(mine, now);
+        for ip in &gained {
+            tracing::info!(%ip, "announcing");
+            self.metrics.ips_gained.inc();
+            self.metrics
+                .announced
+                .get_or_create(&IpLabels { ip: ip.to_string() })
+                .set(1);
+        }
+        for ip in &lost {
+            tracing::info!(%ip, "no longer announcing");
+            self.metrics.ips_lost.inc();
+            self.metrics
+                .announced
+                .remove(&IpLabels { ip: ip.to_string() });
+        }
+        self.sync_multicast();
+    }
+
+    /// Joins the solicited-node group of every owned IPv6 address on every socket, and leaves
+    /// the others.
+    fn sync_multicast(&mut self) {
+        let wanted: BTreeSet<[u8; 6]> = self
+            .announcer
+            .owned()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(ndp::multicast_mac(ndp::solicited_node(*v6)).0),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        for (name, s) in self.sockets.iter_mut() {
+            for mac in wanted.difference(&s.joined.clone()) {
+                match s.ndp.join(crate::frame::MacAddr(*mac)) {
+                    Ok(()) => {
+                        s.joined.insert(*mac);
+                    }
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %e, "joining a multicast group failed")
+                    }
+                }
+            }
+            for mac in s.joined.clone().difference(&wanted) {
+                let _ = s.ndp.leave(crate::frame::MacAddr(*mac));
+                s.joined.remove(mac);
+            }
+        }
+    }
+
+    /// Re-reads interfaces; opens sockets on new usable ones and closes the rest. Returns
+    /// whether anything election-relevant changed.
+    fn scan_interfaces(&mut self) -> bool {
+        let Ok(scanned) = interfaces::scan() else {
+            return false;
+        };
+        let named: BTreeSet<String> = self
+            .stores
+            .ads
+            .state()
+            .iter()
+            .flat_map(|a| {
+                a.spec
+                    .interfaces
+                    .iter()
+                    .map(|i| i.0.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let changed = scanned != self.interfaces;
+        self.interfaces = scanned;
+        let wanted: BTreeMap<String, u32> = self
+            .interfaces
+            .iter()
+            .filter(|i| i.usable() && (i.default_candidate() || named.contains(&i.name)))
+            .map(|i| (i.name.clone(), i.index))
+            .collect();
+        self.sockets.retain(|name, _| wanted.contains_key(name));
+        for (name, index) in wanted {
+            if self.sockets.contains_key(&name) {
+                continue;
+            }
+            match (
+                PacketSocket::open(index, Protocol::Arp),
+                PacketSocket::open(index, Protocol::Ndp),
+            ) {
+                (Ok(arp), Ok(ndp)) => {
+                    let (arp, ndp) = (Arc::new(arp), Arc::new(ndp));
+                    let readers = [arp.clone(), ndp.clone()]
+                        .into_iter()
+                        .map(|sock| {
+                            let tx = self.frames.clone();
+                            let name = name.clone();
+                            tokio::spawn(async move {
+                                let mut buf = vec![0u8; 2048];
+                                loop {
+                                    match sock.recv(&mut buf).await {
+                                        Ok(n) => {
+                                            if tx.send((name.clone(), buf[..n].to_vec())).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(interface = %name, error = %e, "packet socket read failed");
+                                            tokio::time::sleep(Duration::from_millis(100)).await;
+                                        }
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    tracing::info!(interface = %name, "listening for ARP and NDP");
+                    self.sockets.insert(
+                        name,
+                        Sockets {
+                            arp,
+                            ndp,
+                            joined: BTreeSet::new(),
+                            readers,
+                        },
+                    );
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(interface = %name, error = %e, "cannot open packet sockets (CAP_NET_RAW?)");
+                }
+            }
+        }
+        if changed {
+            self.sync_multicast();
+        }
+        changed
+    }
+
+    fn announce_interfaces(&self) -> Vec<Interface> {
+        self.interfaces
+            .iter()
+            .filter(|i| self.sockets.contains_key(&i.name))
+            .map(|i| Interface {
+                name: i.name.clone(),
+                mac: i.mac,
+                link_local: i.link_local,
+            })
+            .collect()
+    }
+
+    async fn send_frame(&self, interface: &str, frame: &Frame) -> bool {
+        let Some(s) = self.sockets.get(interface) else {
+            return false;
+        };
+        let socket = match frame.message {
+            Message::ArpRequest(_) | Message::ArpReply(_) => &s.arp,
+            _ => &s.ndp,
+        };
+        match socket.send(&frame.to_bytes()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(interface, error = %e, "send failed");
+                false
+            }
+        }
+    }
+
+    async fn handle_frame(&self, interface: &str, bytes: &[u8]) {
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(reason) => {
+                self.metrics
+                    .frames_dropped
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.metric_label(),
+                    })
+                    .inc();
+                return;
+            }
+        };
+        let Some(iface) = self.interfaces.iter().find(|i| i.name == interface) else {
+            return;
+        };
+        let iface = Interface {
+            name: iface.name.clone(),
+            mac: iface.mac,
+            link_local: iface.link_local,
+        };
+        match self.announcer.handle(&iface, &frame) {
+            Outcome::Reply(reply) => {
+                let ip = match frame.message {
+                    Message::ArpRequest(r) => IpAddr::V4(r.target_ip),
+                    Message::NeighborSolicitation(ns) => IpAddr::V6(ns.target),
+                    _ => return,
+                };
+                let labels = IpLabels { ip: ip.to_string() };
+                self.metrics.requests_received.get_or_create(&labels).inc();
+                if self.send_frame(interface, &reply).await {
+                    self.metrics.responses_sent.get_or_create(&labels).inc();
+                }
+            }
+            Outcome::Conflict { ip, mac } => {
+                tracing::warn!(%ip, %mac, interface, "another station claims an IP this node announces");
+                self.metrics
+                    .conflicts
+                    .get_or_create(&IpLabels { ip: ip.to_string() })
+                    .inc();
+            }
+            Outcome::Ignore => {}
+        }
+    }
+
+    async fn send_due(&mut self) {
+        let ifaces = self.announce_interfaces();
+        for (interface, frame) in self.announcer.due(&ifaces, Instant::now()) {
+            let ip = match frame.message {
+                Message::ArpRequest(r) => IpAddr::V4(r.sender_ip),
+                Message::ArpReply(r) => IpAddr::V4(r.sender_ip),
+                Message::NeighborAdvertisement(na) => IpAddr::V6(na.target),
+                Message::NeighborSolicitation(_) => continue,
+            };
+            if self.send_frame(&interface, &frame).await {
+                self.metrics
+                    .gratuitous_sent
+                    .get_or_create(&IpLabels { ip: ip.to_string() })
+                    .inc();
+            }
+        }
+    }
+}
+
+fn sleep_until(at: Option<Instant>) -> tokio::time::Sleep {
+    let at = at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+    tokio::time::sleep_until(tokio::time::Instant::from_std(at))
+}
+
+/// Runs the speaker until `shutdown` turns true; then hands its IPs over and returns.
+pub async fn run(
+    client: Client,
+    settings: SpeakerSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    macro_rules! watch_into {
+        ($api:expr, $config:expr) => {{
+            let (store, writer) = reflector::store();
+            let stream = reflector::reflector(writer, watcher::watcher($api, $config))
+                .default_backoff()
+                .map(|_| ())
+                .boxed();
+            (store, stream)
+        }};
+    }
+    let (nodes, s1) = watch_into!(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (services, s2) = watch_into!(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default()
+    );
+    let (slices, s3) = watch_into!(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default()
+    );
+    let (pools, s4) = watch_into!(
+        Api::<IPAddressPool>::all(client.clone()),
+        watcher::Config::default()
+    );
+    let (ads, s5) = watch_into!(
+        Api::<L2Advertisement>::all(client.clone()),
+        watcher::Config::default()
+    );
+    let (secrets, s6) = watch_into!(
+        Api::<Secret>::namespaced(client.clone(), &settings.secret.0),
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.secret.1))
+    );
+    let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
+
+    let socket = UdpSocket::bind(SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        settings.membership_port,
+    ))
+    .await?;
+    let (frames_tx, mut frames_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+    let now = Instant::now();
+    let mut speaker = Speaker {
+        class: ServedClass(settings.class.clone()),
+        membership: Membership::new(settings.node.clone(), settings.dead_after),
+        hold: HoldDown::new(settings.hold_down),
+        announcer: Announcer::new(settings.gratuitous),
+        settings,
+        metrics: metrics.clone(),
+        stores: Stores {
+            nodes,
+            services,
+            slices,
+            pools,
+            ads,
+            secrets,
+        },
+        interfaces: Vec::new(),
+        sockets: BTreeMap::new(),
+        frames: frames_tx,
+        started: now,
+        incarnation: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        seq: 0,
+        member_since: now,
+        had_quorum: false,
+        last_alive: BTreeSet::new(),
+    };
+    tracing::info!(node = %speaker.settings.node, started = ?speaker.started, "speaker starting");
+    let mut heartbeat = tokio::time::interval(speaker.settings.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scan = tokio::time::interval(speaker.settings.interface_scan);
+    scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut datagram = vec![0u8; membership::MAX_DATAGRAM + 1];
+
+    loop {
+        let expiry = speaker.membership.next_expiry(Instant::now());
+        let hold_change = speaker.hold.next_change(Instant::now());
+        let due = speaker.announcer.next_due();
+        let mut dirty = false;
+        tokio::select! {
+            Some(()) = changes.next() => {
+                dirty = true;
+                while let Some(Some(())) = changes.next().now_or_never() {}
+            }
+            received = socket.recv_from(&mut datagram) => {
+                if let Ok((n, _)) = received {
+                    dirty = speaker.receive_heartbeat(&datagram[..n]);
+                }
+            }
+            Some((interface, bytes)) = frames_rx.recv() => {
+                speaker.handle_frame(&interface, &bytes).await;
+            }
+            _ = heartbeat.tick() => {
+                speaker.send_heartbeats(&socket, false).await;
+                // Quorum and silence are re-judged every beat.
+                let now = Instant::now();
+                let alive: BTreeSet<NodeName> = speaker.membership.alive(now).into_iter().map(|(n, _)| n).collect();
+                let heard = speaker.membership.heard_within(speaker.settings.withdraw_after, now);
+                let quorum = speaker.key().is_some() && has_quorum(speaker.known_speakers(), heard);
+                dirty = alive != speaker.last_alive || quorum != speaker.had_quorum;
+                metrics.set_ready(speaker.key().is_some());
+            }
+            _ = scan.tick() => {
+                dirty = speaker.scan_interfaces();
+            }
+            _ = sleep_until(expiry) => { dirty = true; }
+            _ = sleep_until(hold_change) => { dirty = true; }
+            _ = sleep_until(due) => {
+                speaker.send_due().await;
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+        if dirty {
+            speaker.recompute();
+            speaker.send_due().await;
+        }
+    }
+    // Graceful handover: stop answering, then tell the others at once (a few times, UDP).
+    tracing::info!("shutting down: handing IPs over");
+    speaker.announcer.set_owned(BTreeMap::new(), Instant::now());
+    for _ in 0..3 {
+        speaker.send_heartbeats(&socket, true).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
