@@ -19,8 +19,8 @@ pub struct Interface {
     pub name: String,
     /// Its MAC: the one we answer with.
     pub mac: MacAddr,
-    /// Its IPv6 link-local address: the source of our Neighbor Advertisements. `None` when it
-    /// has none (IPv6 disabled): then no IPv6 VIP is announced on it.
+    /// Its IPv6 link-local address, if any (for diagnostics; advertisements are sent from
+    /// the VIP itself).
     pub link_local: Option<Ipv6Addr>,
 }
 
@@ -173,12 +173,12 @@ impl Announcer {
                 }
             }
             Message::NeighborSolicitation(ns) => {
-                let target = IpAddr::V6(ns.target);
-                match iface.link_local {
-                    Some(our_ip) if self.allowed(target, &iface.name) => {
-                        Outcome::Reply(ns.answer(frame.eth.src, iface.mac, our_ip))
-                    }
-                    _ => Outcome::Ignore,
+                // The advertisement's source is the VIP itself, as the kernel does for its own
+                // addresses; tools such as ndisc6 ignore advertisements from other sources.
+                if self.allowed(IpAddr::V6(ns.target), &iface.name) {
+                    Outcome::Reply(ns.answer(frame.eth.src, iface.mac, ns.target))
+                } else {
+                    Outcome::Ignore
                 }
             }
             Message::NeighborAdvertisement(na) => {
@@ -213,9 +213,7 @@ impl Announcer {
                         }
                     }
                     IpAddr::V6(v6) => {
-                        if let Some(ll) = iface.link_local {
-                            out.push((iface.name.clone(), ndp::unsolicited(*v6, iface.mac, ll)));
-                        }
+                        out.push((iface.name.clone(), ndp::unsolicited(*v6, iface.mac, *v6)));
                     }
                 }
             }

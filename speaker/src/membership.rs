@@ -269,9 +269,10 @@ impl Membership {
 /// majority side takes its IPs over only after `dead_after`, which is longer than the
 /// window used here, so the two never answer at the same time. A tie (half, e.g. one of two)
 /// is not a majority: two-node clusters keep announcing only while both speakers hear each
-/// other (see the README for the trade-off).
+/// other (see the README for the trade-off). Knowing of no speaker at all (the Node list not
+/// loaded yet) is no quorum either.
 pub fn has_quorum(known: usize, heard: usize) -> bool {
-    known == 0 || heard * 2 > known
+    known > 0 && heard * 2 > known
 }
 
 #[cfg(test)]
@@ -351,6 +352,7 @@ mod tests {
         assert!(has_quorum(2, 2));
         assert!(has_quorum(1, 1));
         assert!(!has_quorum(4, 2));
+        assert!(!has_quorum(0, 1));
     }
 
     proptest! {

@@ -41,8 +41,8 @@ up() {
   else
     "${lab_src}/install-deps.sh"
   fi
-  log "building herald-controller (${profile})"
-  (cd "${repo_root}" && cargo build --quiet --profile "${profile}" -p herald-controller)
+  log "building herald-controller and herald-speaker (${profile})"
+  (cd "${repo_root}" && cargo build --quiet --profile "${profile}" -p herald-controller -p herald-speaker)
   if node_lab; then
     # The nodes reach the API server on an address of the root namespace.
     "${nodes}" net
@@ -89,7 +89,14 @@ up() {
     printf 'HERALD_METRICS_URL=http://127.0.0.1:%s/metrics\n' "${metrics_port}"
   } >"${lab}/env.new"
   mv "${lab}/env.new" "${lab}/env"
-  if node_lab; then "${nodes}" up; fi
+  if node_lab; then
+    "${nodes}" up
+    # The speakers' membership key.
+    kubectl -n herald-system get secret herald-memberlist >/dev/null 2>&1 ||
+      kubectl -n herald-system create secret generic herald-memberlist \
+        --from-literal=secretkey="$(openssl rand -hex 32)" >/dev/null
+    "${lab_src}/speakers.sh" start
+  fi
   log "lab is up: . ${lab}/env (KUBECONFIG=${KUBECONFIG})"
 }
 
@@ -112,7 +119,11 @@ down() {
   # absent). Its processes first: the API server's graceful shutdown waits for
   # its clients (kube-proxy) to hang up. Its address (hl-api0) last, once the
   # API server is gone: without it, the API server's connections never close.
-  if [[ "$(id -u)" == 0 ]]; then "${nodes}" down; fi
+  if [[ "$(id -u)" == 0 ]]; then
+    [[ -f "${lab}/env" ]] && grep -q HERALD_CLIENT_NS "${lab}/env" && "${lab_src}/speakers.sh" stop || true
+    rm -f "${lab}"/pids/speaker-*.pid "${lab}"/logs/speaker-*.log
+    "${nodes}" down
+  fi
   "${cp}" down
   if [[ "$(id -u)" == 0 ]]; then "${nodes}" down; fi
 }
