@@ -48,11 +48,12 @@ struct Args {
     /// Name of the membership key Secret (key `secretkey`).
     #[arg(long, default_value = "herald-memberlist")]
     secret_name: String,
-    /// Gratuitous announcements sent on gaining an IP.
-    #[arg(long, default_value_t = 3)]
+    /// Gratuitous announcements sent on gaining an IP. The burst spans more than a second
+    /// because Linux ignores a neighbour update for `locktime` (1 s) after the last one.
+    #[arg(long, default_value_t = 6)]
     gratuitous_burst: u32,
     /// Milliseconds between the burst's announcements.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 250)]
     gratuitous_interval_ms: u64,
     /// Seconds between periodic re-announcements of owned IPs; 0 disables them.
     #[arg(long, default_value_t = 60)]

@@ -23,6 +23,8 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
+pub mod node_lab;
+
 /// The label every test pool carries, valued with the test's namespace.
 pub const TEST_LABEL: &str = "herald.dev/test";
 
