@@ -5,11 +5,16 @@
 #
 # Builds the release binaries (herald-controller, herald-bench), then runs:
 #   micro                 allocator / index micro-benchmarks (no cluster)
-#   for each SIZE N:
-#     direct N            the API server's own rate for N status patches (the limit)
-#     drain N             N Services pre-created, then the controller starts
+#   for each SIZE N, HERALD_BENCH_REPS times (odd repetitions limit first, even
+#   ones drain first, so that neither always runs on a warmer machine):
+#     direct N            N Services of a class nobody serves, then N status
+#                         patches sent directly: the API server's limit
+#     drain N             N Services of the served class, then the controller
+#                         starts; time to the last status written
+#   and once per SIZE:
 #     live N              the controller runs while N Services are created
 #   drain 250 per pool    the same drain from a /120, a /112 and a /64 pool
+#                         (three rounds)
 # Every cluster phase gets a fresh control plane (tests/lab/control-plane.sh
 # up ... down), so nothing from a previous phase lingers in etcd. The results
 # go to target/bench/results-DATE.jsonl and are printed as Markdown tables.
@@ -21,6 +26,7 @@
 #   HERALD_BENCH_OUT             results and logs (default target/bench)
 #   HERALD_BENCH_LAB_DIR         the bench lab's state (default target/bench-lab)
 #   HERALD_BENCH_APISERVER_PORT  its kube-apiserver port (default 16443)
+#   HERALD_BENCH_REPS            repetitions of direct + drain (default 2)
 #   HERALD_BENCH_POOL_SIZES      0 skips the per-pool-size drains (default 1)
 #   HERALD_BENCH_MICRO           0 skips the micro-benchmarks (default 1)
 set -euo pipefail
@@ -119,14 +125,26 @@ if [[ "${HERALD_BENCH_MICRO:-1}" != 0 ]]; then
   log "== micro"
   run_bench micro
 fi
+reps="${HERALD_BENCH_REPS:-2}"
+[[ "${reps}" =~ ^[1-9][0-9]*$ ]] || { log "error: HERALD_BENCH_REPS=${reps} is not a positive number"; exit 2; }
 for n in "${sizes[@]}"; do
-  cluster_phase "direct-${n}" direct --n "${n}"
-  cluster_phase "drain-${n}" drain --n "${n}"
+  for ((rep = 1; rep <= reps; rep++)); do
+    if ((rep % 2)); then
+      cluster_phase "direct-${n}-rep${rep}" direct --n "${n}" --rep "${rep}"
+      cluster_phase "drain-${n}-rep${rep}" drain --n "${n}" --rep "${rep}"
+    else
+      cluster_phase "drain-${n}-rep${rep}" drain --n "${n}" --rep "${rep}"
+      cluster_phase "direct-${n}-rep${rep}" direct --n "${n}" --rep "${rep}"
+    fi
+  done
   cluster_phase "live-${n}" live --n "${n}"
 done
 if [[ "${HERALD_BENCH_POOL_SIZES:-1}" != 0 ]]; then
-  for pool in 2001:db8:100::/120 2001:db8:100::/112 2001:db8:100::/64; do
-    cluster_phase "drain-250-${pool//[:\/]/_}" drain --n 250 --pool "${pool}"
+  # Short runs (a few tenths of a second): three rounds over the pools.
+  for rep in 1 2 3; do
+    for pool in 2001:db8:100::/120 2001:db8:100::/112 2001:db8:100::/64; do
+      cluster_phase "drain-250-${pool//[:\/]/_}-rep${rep}" drain --n 250 --pool "${pool}" --rep "${rep}"
+    done
   done
 fi
 log "all phases done in $((SECONDS - began))s"

@@ -4,12 +4,15 @@
 //!
 //! ```text
 //! herald-bench micro                          allocator and index micro-benchmarks (no cluster)
-//! herald-bench direct --n N                   the API server's own rate for N status patches
-//! herald-bench drain  --n N --controller BIN  N Services pre-created, then the controller starts
+//! herald-bench direct --n N                   the limit: N Services of a class nobody serves,
+//!                                             then N status patches of the controller's shape
+//! herald-bench drain  --n N --controller BIN  N Services of the served class, then the
+//!                                             controller starts; time to the last status
 //! herald-bench live   --n N --controller BIN  controller running, N Services created at once
 //! herald-bench report FILE                    Markdown tables from a results file
 //!
 //! options: --results FILE   append one JSON line per result (default: only print)
+//!          --rep R          repetition number, recorded with the result (default 1)
 //!          --out DIR        controller logs and pid file (default target/bench)
 //!          --pool CIDR      the pool (default 2001:db8:100::/112)
 //!          --concurrency C  client concurrency for creates and direct patches (default 32)
@@ -45,8 +48,10 @@ use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-/// Namespace of the benchmark's Services.
+/// Namespace of the benchmark's Services (served by the controller under test).
 const NS: &str = "herald-bench";
+/// Namespace of the direct-patch Services (a class nobody serves).
+const NS_DIRECT: &str = "herald-bench-direct";
 /// Namespace of the controller's Lease.
 const LEASE_NS: &str = "herald-bench-system";
 /// The class the controller under test serves.
@@ -73,6 +78,7 @@ struct Opts {
     concurrency: usize,
     timeout: Option<Duration>,
     events_timeout: Duration,
+    rep: usize,
 }
 
 impl Opts {
@@ -86,12 +92,14 @@ impl Opts {
             concurrency: 32,
             timeout: None,
             events_timeout: Duration::from_secs(120),
+            rep: 1,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--n" => o.n = value()?.parse().context("--n")?,
+                "--rep" => o.rep = value()?.parse().context("--rep")?,
                 "--controller" => o.controller = Some(value()?.into()),
                 "--results" => o.results = Some(value()?.into()),
                 "--out" => o.out = value()?.into(),
@@ -130,8 +138,11 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("[herald-bench] {}", msg.as_ref());
 }
 
+/// Appends the result to the results file, or prints it when there is none.
 fn record(opts: &Opts, result: Value) -> anyhow::Result<()> {
-    println!("{result}");
+    if opts.results.is_none() {
+        println!("{result}");
+    }
     if let Some(path) = &opts.results {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -276,24 +287,29 @@ async fn apply_pool(client: &Client, cidr: &str) -> anyhow::Result<()> {
 /// Fresh cluster state for a phase: CRDs (via the harness), namespaces, the pool.
 async fn setup(opts: &Opts) -> anyhow::Result<Client> {
     let client = lab_client().await?;
-    let existing: Api<Service> = Api::namespaced(client.clone(), NS);
-    ensure_namespace(&client, NS).await?;
-    ensure_namespace(&client, LEASE_NS).await?;
-    let left = existing.list(&ListParams::default().limit(1)).await?;
-    if !left.items.is_empty() {
-        bail!(
-            "namespace {NS} already holds Services: run each phase on a fresh control plane (tests/bench/run.sh does)"
-        );
+    for ns in [NS, NS_DIRECT, LEASE_NS] {
+        ensure_namespace(&client, ns).await?;
+        let existing: Api<Service> = Api::namespaced(client.clone(), ns);
+        if !existing
+            .list(&ListParams::default().limit(1))
+            .await?
+            .items
+            .is_empty()
+        {
+            bail!(
+                "namespace {ns} already holds Services: run each phase on a fresh control plane (tests/bench/run.sh does)"
+            );
+        }
     }
     apply_pool(&client, &opts.pool).await?;
     Ok(client)
 }
 
-fn service(name: &str, class: &str) -> Service {
+fn service(ns: &str, name: &str, class: &str) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            namespace: Some(NS.into()),
+            namespace: Some(ns.into()),
             ..Default::default()
         },
         spec: Some(ServiceSpec {
@@ -302,6 +318,9 @@ fn service(name: &str, class: &str) -> Service {
             // IPv6 single-stack: the lab's IPv4 Service range holds only ~253 ClusterIPs.
             ip_families: Some(vec!["IPv6".into()]),
             ip_family_policy: Some("SingleStack".into()),
+            // No NodePorts: the API server's default range holds only 2,768 of them, and
+            // layer-2 announcement does not need them.
+            allocate_load_balancer_node_ports: Some(false),
             ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
                 name: Some("http".into()),
                 port: 80,
@@ -371,17 +390,30 @@ where
             }
         })
     };
+    // Failed attempts are logged as they happen (the first few); after a call failed for
+    // good, the rest are skipped, so that a broken phase ends quickly.
+    let logged = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
     let first_start = Instant::now();
     let results: Vec<(usize, Vec<String>, Result<(), kube::Error>)> = futures::stream::iter(0..n)
         .map(|i| {
             let done = done.clone();
             let op = &op;
+            let (logged, failed) = (&logged, &failed);
             async move {
                 let mut failures = Vec::new();
                 let mut attempt = 0;
                 loop {
+                    if failed.load(Ordering::Relaxed) > 0 {
+                        break (0, failures, Ok(()));
+                    }
                     attempt += 1;
                     let result = op(i).await;
+                    if let Err(e) = &result
+                        && logged.fetch_add(1, Ordering::Relaxed) < 5
+                    {
+                        log(format!("  {label} #{i} attempt {attempt}: {e}"));
+                    }
                     let retryable = match &result {
                         Ok(()) => false,
                         Err(kube::Error::Api(e)) if e.code == 409 && attempt > 1 => {
@@ -399,6 +431,9 @@ where
                     };
                     if !retryable || attempt >= 5 {
                         done.fetch_add(1, Ordering::Relaxed);
+                        if result.is_err() {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
                         break (attempt - 1, failures, result);
                     }
                     tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
@@ -436,19 +471,46 @@ where
     Ok(ops)
 }
 
-async fn create_services(client: &Client, class: &str, opts: &Opts) -> anyhow::Result<Ops> {
-    let api: Api<Service> = Api::namespaced(client.clone(), NS);
-    let ops = run_ops("create", opts.n, opts.concurrency, |i| {
-        let api = api.clone();
-        let svc = service(&svc_name(i), class);
+/// Which Services a phase creates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sets {
+    /// N of the served class, in `NS`.
+    Served,
+    /// N of a class nobody serves, in `NS_DIRECT`.
+    Direct,
+    /// Both (2N), interleaved, so that neither set is the older one in etcd.
+    Both,
+}
+
+async fn create_services(client: &Client, sets: Sets, opts: &Opts) -> anyhow::Result<Ops> {
+    let served: Api<Service> = Api::namespaced(client.clone(), NS);
+    let direct: Api<Service> = Api::namespaced(client.clone(), NS_DIRECT);
+    let total = if sets == Sets::Both {
+        2 * opts.n
+    } else {
+        opts.n
+    };
+    let ops = run_ops("create", total, opts.concurrency, |i| {
+        let (is_served, i) = match sets {
+            Sets::Served => (true, i),
+            Sets::Direct => (false, i),
+            Sets::Both => (i % 2 == 0, i / 2),
+        };
+        let (api, svc) = if is_served {
+            (served.clone(), service(NS, &svc_name(i), CLASS))
+        } else {
+            (
+                direct.clone(),
+                service(NS_DIRECT, &svc_name(i), UNSERVED_CLASS),
+            )
+        };
         async move { api.create(&PostParams::default(), &svc).await.map(|_| ()) }
     })
     .await?;
     log(format!(
-        "created {} Services in {:.2}s ({:.0}/s)",
-        opts.n,
+        "created {total} Services in {:.2}s ({:.0}/s)",
         ops.elapsed().as_secs_f64(),
-        opts.n as f64 / ops.elapsed().as_secs_f64()
+        total as f64 / ops.elapsed().as_secs_f64()
     ));
     Ok(ops)
 }
@@ -819,17 +881,11 @@ fn merge(mut a: Value, b: Value) -> Value {
 // ----------------------------------------------------------------------------------------
 // Cluster phases
 
-/// The limit: N status patches of the controller's shape, sent directly at the same
-/// concurrency, to N pre-created Services of a class nobody serves.
-async fn phase_direct(opts: &Opts) -> anyhow::Result<()> {
-    let client = setup(opts).await?;
-    log(format!(
-        "direct n={}: creating Services of class {UNSERVED_CLASS}",
-        opts.n
-    ));
-    let create = create_services(&client, UNSERVED_CLASS, opts).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let api: Api<Service> = Api::namespaced(client.clone(), NS);
+/// The limit: N status patches of the controller's shape (`writer::ingress_patch`, field
+/// manager `herald-controller`, merge patch on `status`), sent directly at the same
+/// concurrency to the N Services of `NS_DIRECT`, whose class nobody serves.
+async fn direct_patch(client: &Client, opts: &Opts) -> anyhow::Result<Value> {
+    let api: Api<Service> = Api::namespaced(client.clone(), NS_DIRECT);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -859,42 +915,24 @@ async fn phase_direct(opts: &Opts) -> anyhow::Result<()> {
         patch.elapsed().as_secs_f64(),
         opts.n as f64 / patch.elapsed().as_secs_f64()
     ));
-    record(
-        opts,
-        json!({
-            "phase": "direct",
-            "n": opts.n,
-            "concurrency": opts.concurrency,
-            "create": create.json(opts.n),
-            "patch": patch.json(opts.n),
-            "window": cpu_delta(&cpu0, &cpu1),
-        }),
-    )
+    Ok(merge(
+        patch.json(opts.n),
+        json!({"window": cpu_delta(&cpu0, &cpu1)}),
+    ))
 }
 
-/// Drain: N Services exist before the controller starts; time from its start (and from
-/// /readyz) to the last status written.
-async fn phase_drain(opts: &Opts) -> anyhow::Result<()> {
-    opts.controller()?;
-    let client = setup(opts).await?;
-    log(format!(
-        "drain n={} pool {}: creating Services with no controller running",
-        opts.n, opts.pool
-    ));
-    let create = create_services(&client, CLASS, opts).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+/// The drain: N Services wait when the controller starts. Times from its start, from
+/// /readyz (caches synced) and from leadership to the last status written.
+async fn drain(client: &Client, opts: &Opts, tag: &str) -> anyhow::Result<Value> {
     let cpu0 = sample_cpu();
-    let mut c = ControllerProc::spawn(
-        opts,
-        &format!("drain-{}-{}", opts.n, opts.pool.replace([':', '/'], "_")),
-    )?;
+    let mut c = ControllerProc::spawn(opts, tag)?;
+    let spawned = c.spawned;
     let (ready, leading) = c.wait_ready(opts.timeout()).await?;
     log(format!(
         "controller ready after {:.2}s, leading after {:.2}s",
-        (ready - c.spawned).as_secs_f64(),
-        (leading - c.spawned).as_secs_f64()
+        (ready - spawned).as_secs_f64(),
+        (leading - spawned).as_secs_f64()
     ));
-    let spawned = c.spawned;
     let (last, _) = c
         .wait_status_writes(opts.n, spawned, opts.timeout())
         .await?;
@@ -911,29 +949,71 @@ async fn phase_drain(opts: &Opts) -> anyhow::Result<()> {
     ));
     let (events_done, scrape) = c.wait_events(opts.n, opts.events_timeout).await?;
     let end = c.sample();
-    let without = verify(&client, opts).await?;
+    let without = verify(client, opts).await?;
     let cost = controller_cost(&c, at_last, end, &scrape);
     c.stop().await?;
+    Ok(merge(
+        json!({
+            "start_to_ready_s": secs(ready - spawned),
+            "start_to_leading_s": secs(leading - spawned),
+            "start_to_last_status_s": secs(from_start),
+            "ready_to_last_status_s": secs(from_ready),
+            "rate_from_ready_per_s": round(opts.n as f64 / from_ready.as_secs_f64(), 1),
+            "rate_from_start_per_s": round(opts.n as f64 / from_start.as_secs_f64(), 1),
+            "events_done_after_start_s": events_done.map(|t| secs(t - spawned)),
+            "services_without_ip": without,
+            "window": cpu_delta(&cpu0, &cpu1),
+        }),
+        cost,
+    ))
+}
+
+/// `direct` alone: N Services of no served class, then the N patches.
+async fn phase_direct(opts: &Opts) -> anyhow::Result<()> {
+    let client = setup(opts).await?;
+    let create = create_services(&client, Sets::Direct, opts).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let patch = direct_patch(&client, opts).await?;
     record(
         opts,
-        merge(
-            json!({
-                "phase": "drain",
-                "n": opts.n,
-                "pool": opts.pool,
-                "create": create.json(opts.n),
-                "start_to_ready_s": secs(ready - spawned),
-                "start_to_leading_s": secs(leading - spawned),
-                "start_to_last_status_s": secs(from_start),
-                "ready_to_last_status_s": secs(from_ready),
-                "rate_from_ready_per_s": round(opts.n as f64 / from_ready.as_secs_f64(), 1),
-                "rate_from_start_per_s": round(opts.n as f64 / from_start.as_secs_f64(), 1),
-                "events_done_after_start_s": events_done.map(|t| secs(t - spawned)),
-                "services_without_ip": without,
-                "window": cpu_delta(&cpu0, &cpu1),
-            }),
-            cost,
-        ),
+        json!({
+            "phase": "direct",
+            "n": opts.n,
+            "rep": opts.rep,
+            "concurrency": opts.concurrency,
+            "create": create.json(opts.n),
+            "direct": patch,
+        }),
+    )
+}
+
+/// `drain` alone: N Services of the served class, then the controller starts.
+async fn phase_drain(opts: &Opts) -> anyhow::Result<()> {
+    opts.controller()?;
+    let client = setup(opts).await?;
+    log(format!(
+        "drain n={} pool {}: creating Services with no controller running",
+        opts.n, opts.pool
+    ));
+    let create = create_services(&client, Sets::Served, opts).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tag = format!(
+        "drain-{}-rep{}-{}",
+        opts.n,
+        opts.rep,
+        opts.pool.replace([':', '/'], "_")
+    );
+    let drained = drain(&client, opts, &tag).await?;
+    record(
+        opts,
+        json!({
+            "phase": "drain",
+            "n": opts.n,
+            "rep": opts.rep,
+            "pool": opts.pool,
+            "create": create.json(opts.n),
+            "drain": drained,
+        }),
     )
 }
 
@@ -986,7 +1066,7 @@ async fn phase_live(opts: &Opts) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let create = match create_services(&client, CLASS, opts).await {
+    let create = match create_services(&client, Sets::Served, opts).await {
         Ok(c) => c,
         Err(e) => {
             poller.abort();
@@ -1159,7 +1239,7 @@ fn micro_fragmented(cidr: &str, n: usize) -> Value {
 }
 
 fn index_service(i: usize) -> Service {
-    let mut svc = service(&svc_name(i), CLASS);
+    let mut svc = service(NS, &svc_name(i), CLASS);
     svc.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
     svc
 }
@@ -1210,6 +1290,7 @@ fn phase_micro(opts: &Opts) -> anyhow::Result<()> {
         Box::new(|| micro_fill("2001:db8:100::/112", 10_000)),
         Box::new(|| micro_fill("2001:db8:100::/64", 10_000)),
         Box::new(|| micro_fill("2001:db8:100::/112", 65_536)),
+        Box::new(|| micro_fill("2001:db8:100::/64", 65_536)),
         Box::new(|| micro_fragmented("2001:db8:100::/120", 250)),
         Box::new(|| micro_fragmented("2001:db8:100::/112", 10_000)),
         Box::new(|| micro_fragmented("2001:db8:100::/64", 10_000)),
@@ -1255,168 +1336,253 @@ fn report(path: &Path) -> anyhow::Result<()> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let of = |phase: &str| -> Vec<&Value> { rows.iter().filter(|r| r["phase"] == phase).collect() };
-    let default_pool = |r: &Value| r["pool"].as_str() == Some(DEFAULT_POOL);
-
-    let mut sizes: Vec<u64> = rows
-        .iter()
-        .filter(|r| r["phase"] == "direct")
-        .filter_map(|r| r["n"].as_u64())
+    // A drain pairs with the direct run of the same size and repetition (the default pool).
+    let direct_of = |r: &Value| -> Option<&Value> {
+        rows.iter().find(|d| {
+            d["phase"] == "direct"
+                && d["n"] == r["n"]
+                && d["rep"] == r["rep"]
+                && r["pool"].as_str() == Some(DEFAULT_POOL)
+        })
+    };
+    let pairs: Vec<(&Value, &Value)> = of("drain")
+        .into_iter()
+        .filter_map(|r| Some((direct_of(r)?, r)))
         .collect();
+    let mut sizes: Vec<u64> = pairs.iter().filter_map(|(_, r)| r["n"].as_u64()).collect();
     sizes.sort();
     sizes.dedup();
 
-    println!("### Status writes: controller drain vs. the API server's limit\n");
-    println!(
-        "| Services | direct patches (limit) | limit rate | controller start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for n in &sizes {
-        let direct = of("direct")
-            .into_iter()
-            .find(|r| r["n"].as_u64() == Some(*n));
-        let drain = of("drain")
-            .into_iter()
-            .find(|r| r["n"].as_u64() == Some(*n) && default_pool(r));
-        let limit = direct.and_then(|d| d["patch"]["rate_per_s"].as_f64());
-        let rate = drain.and_then(|d| d["rate_from_ready_per_s"].as_f64());
-        let ratio = match (rate, limit) {
-            (Some(r), Some(l)) => format!("{:.0}%", 100.0 * r / l),
-            _ => "–".into(),
-        };
+    if !pairs.is_empty() {
+        println!("### Status writes: the controller's drain vs. the API server's limit\n");
         println!(
-            "| {n} | {} s | {}/s | {} s | {} s | {} s | {}/s | {ratio} |",
-            direct
-                .map(|d| f(&d["patch"]["time_s"], 2))
-                .unwrap_or_default(),
-            limit.map(|l| format!("{l:.0}")).unwrap_or_default(),
-            drain
-                .map(|d| f(&d["start_to_ready_s"], 2))
-                .unwrap_or_default(),
-            drain
-                .map(|d| f(&d["ready_to_last_status_s"], 2))
-                .unwrap_or_default(),
-            drain
-                .map(|d| f(&d["start_to_last_status_s"], 2))
-                .unwrap_or_default(),
-            rate.map(|r| format!("{r:.0}")).unwrap_or_default(),
+            "*Limit*: a fresh control plane with N Services of a class nobody serves; the N \
+             status patches sent directly (the controller's patch, field manager and 32 in \
+             flight). *Drain*: a fresh control plane with N Services of the served class; the \
+             controller starts. One row per repetition; the two phases of a repetition run \
+             back to back (odd repetitions: limit first; even: drain first).\n"
         );
+        println!(
+            "| Services | rep | limit: N patches | limit rate | drain: start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (d, r) in &pairs {
+            let x = &r["drain"];
+            let ratio = x["rate_from_ready_per_s"].as_f64().unwrap_or(0.0)
+                / d["direct"]["rate_per_s"].as_f64().unwrap_or(f64::INFINITY);
+            println!(
+                "| {} | {} | {} s | {}/s | {} s | {} s | {} s | {}/s | {:.0}% |",
+                r["n"],
+                r["rep"],
+                f(&d["direct"]["time_s"], 2),
+                f(&d["direct"]["rate_per_s"], 0),
+                f(&x["start_to_ready_s"], 2),
+                f(&x["ready_to_last_status_s"], 2),
+                f(&x["start_to_last_status_s"], 2),
+                f(&x["rate_from_ready_per_s"], 0),
+                100.0 * ratio,
+            );
+        }
+        println!();
+        for n in &sizes {
+            let of_n: Vec<&(&Value, &Value)> = pairs
+                .iter()
+                .filter(|(_, r)| r["n"].as_u64() == Some(*n))
+                .collect();
+            let limits: Vec<f64> = of_n
+                .iter()
+                .filter_map(|(d, _)| d["direct"]["rate_per_s"].as_f64())
+                .collect();
+            let drains: Vec<f64> = of_n
+                .iter()
+                .filter_map(|(_, r)| r["drain"]["rate_from_ready_per_s"].as_f64())
+                .collect();
+            let starts: Vec<f64> = of_n
+                .iter()
+                .filter_map(|(_, r)| r["drain"]["rate_from_start_per_s"].as_f64())
+                .collect();
+            let (limit, drain) = (median(limits), median(drains));
+            println!(
+                "- **{n} Services** ({} repetitions): median limit {limit:.0}/s, median drain {drain:.0}/s from ready ({:.0}/s from process start): drain / limit **{:.0}%** (from start: {:.0}%)",
+                of_n.len(),
+                median(starts.clone()),
+                100.0 * drain / limit,
+                100.0 * median(starts) / limit,
+            );
+        }
     }
 
-    println!("\n### Services created while the controller runs (live)\n");
-    println!(
-        "| Services | creates (first → last) | first create → last status | last create → last status | rate (N / first create → last status) |"
-    );
-    println!("|---:|---:|---:|---:|---:|");
-    for r in of("live") {
+    let live = of("live");
+    if !live.is_empty() {
+        println!("\n### Services created while the controller runs (live)\n");
         println!(
-            "| {} | {} s ({}/s) | {} s | {} s | {}/s |",
-            r["n"],
-            f(&r["create"]["time_s"], 2),
-            f(&r["create"]["rate_per_s"], 0),
-            f(&r["first_create_to_last_status_s"], 2),
-            f(&r["last_create_to_last_status_s"], 3),
-            f(&r["rate_per_s"], 0),
+            "N Services created as fast as the API server takes them (32 in flight) while the \
+             controller runs; its status writes compete with the creates.\n"
         );
+        println!(
+            "| Services | creates (first → last) | first create → last status | last create → last status | rate (N / first create → last status) |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        for r in &live {
+            println!(
+                "| {} | {} s ({}/s) | {} s | {} s | {}/s |",
+                r["n"],
+                f(&r["create"]["time_s"], 2),
+                f(&r["create"]["rate_per_s"], 0),
+                f(&r["first_create_to_last_status_s"], 2),
+                f(&r["last_create_to_last_status_s"], 3),
+                f(&r["rate_per_s"], 0),
+            );
+        }
     }
 
-    println!("\n### Controller cost (release binary, its own process)\n");
+    println!("\n### Controller cost (the release binary, its own process)\n");
     println!(
-        "| phase | Services | peak RSS (VmHWM) | CPU at last status | CPU incl. trailing Events | Events published after | status write errors | WARN/ERROR log lines | API server CPU | etcd CPU |"
+        "CPU = utime + stime of the controller process since it started; *at last status* is \
+         read the moment the last status write is seen, *incl. Events* once it has also \
+         published its N `IPAllocated` Events (one at a time, after the status writes). API \
+         server / etcd CPU: over the measured window (controller start, or first create, to \
+         last status).\n"
+    );
+    println!(
+        "| phase | Services | peak RSS (VmHWM) | CPU at last status | CPU incl. Events | all Events published after | status write errors | WARN/ERROR log lines | API server CPU | etcd CPU |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows
-        .iter()
-        .filter(|r| (r["phase"] == "drain" && default_pool(r)) || r["phase"] == "live")
-    {
-        let events = if r["phase"] == "drain" {
-            &r["events_done_after_start_s"]
-        } else {
+    let mut cost_rows: Vec<(String, &Value, &Value)> = Vec::new();
+    for (_, r) in &pairs {
+        cost_rows.push((format!("drain (rep {})", r["rep"]), r, &r["drain"]));
+    }
+    for r in &live {
+        cost_rows.push(("live".into(), r, r));
+    }
+    for (name, r, d) in cost_rows {
+        let events = if d["events_done_after_start_s"].is_null() {
             &r["events_done_after_first_create_s"]
+        } else {
+            &d["events_done_after_start_s"]
         };
-        let levels = &r["controller_log"]["log_levels"];
+        let levels = &d["controller_log"]["log_levels"];
         let warn = levels["WARN"].as_u64().unwrap_or(0) + levels["ERROR"].as_u64().unwrap_or(0);
         println!(
-            "| {} | {} | {} MiB | {} s | {} s | {} | {} | {} | {} s | {} s |",
-            r["phase"].as_str().unwrap_or(""),
+            "| {name} | {} | {} MiB | {} s | {} s | {} | {} | {} | {} s | {} s |",
             r["n"],
-            mib(&r["controller_vmhwm_kb"]),
-            f(&r["controller_cpu_s_at_last_status"], 2),
-            f(&r["controller_cpu_s_total"], 2),
+            mib(&d["controller_vmhwm_kb"]),
+            f(&d["controller_cpu_s_at_last_status"], 2),
+            f(&d["controller_cpu_s_total"], 2),
             if events.is_null() {
-                "not all within the wait".into()
+                "not within the wait".into()
             } else {
                 format!("{} s", f(events, 1))
             },
-            r["status_writes_error"],
+            d["status_writes_error"],
             warn,
-            f(&r["window"]["apiserver_cpu_s"], 1),
-            f(&r["window"]["etcd_cpu_s"], 1),
+            f(&d["window"]["apiserver_cpu_s"], 1),
+            f(&d["window"]["etcd_cpu_s"], 1),
         );
     }
 
     let pools: Vec<&Value> = of("drain")
         .into_iter()
-        .filter(|r| !default_pool(r) || r["n"].as_u64() == Some(250))
+        .filter(|r| direct_of(r).is_none())
         .collect();
     if !pools.is_empty() {
         println!("\n### Drain by pool size (end to end)\n");
         println!(
-            "| pool | addresses | Services | ready → last status | start → last status | drain rate (from ready) |"
+            "| pool | addresses | Services | start → ready | ready → last status | start → last status | drain rate (from ready) | controller CPU at last status |"
         );
-        println!("|---|---:|---:|---:|---:|---:|");
-        for r in pools.iter().filter(|r| r["n"].as_u64() == Some(250)) {
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &pools {
             let pool = r["pool"].as_str().unwrap_or("");
+            let d = &r["drain"];
             println!(
-                "| `{pool}` | {} | {} | {} s | {} s | {}/s |",
+                "| `{pool}` | {} | {} | {} s | {} s | {} s | {}/s | {} s |",
                 pool_size(pool),
                 r["n"],
-                f(&r["ready_to_last_status_s"], 3),
-                f(&r["start_to_last_status_s"], 3),
-                f(&r["rate_from_ready_per_s"], 0),
+                f(&d["start_to_ready_s"], 3),
+                f(&d["ready_to_last_status_s"], 3),
+                f(&d["start_to_last_status_s"], 3),
+                f(&d["rate_from_ready_per_s"], 0),
+                f(&d["controller_cpu_s_at_last_status"], 2),
+            );
+        }
+        println!();
+        let mut names: Vec<(&str, u64)> = pools
+            .iter()
+            .filter_map(|r| Some((r["pool"].as_str()?, r["n"].as_u64()?)))
+            .collect();
+        let size = |pool: &str| IpRange::parse(pool).map_or(0, |r| r.end() - r.start());
+        names.sort_by_key(|&(pool, n)| (n, size(pool)));
+        names.dedup();
+        for (pool, n) in names {
+            let of_pool: Vec<&&Value> = pools
+                .iter()
+                .filter(|r| r["pool"].as_str() == Some(pool) && r["n"].as_u64() == Some(n))
+                .collect();
+            let times: Vec<f64> = of_pool
+                .iter()
+                .filter_map(|r| r["drain"]["ready_to_last_status_s"].as_f64())
+                .collect();
+            let rates: Vec<f64> = of_pool
+                .iter()
+                .filter_map(|r| r["drain"]["rate_from_ready_per_s"].as_f64())
+                .collect();
+            println!(
+                "- `{pool}` ({} addresses), {n} Services: median ready → last status {:.3} s, median {:.0}/s ({} runs)",
+                pool_size(pool),
+                median(times),
+                median(rates),
+                of_pool.len(),
             );
         }
     }
 
-    println!(
-        "\n### Allocator micro-benchmark (`herald_controller::allocator::Allocator`, one IPv6 pool)\n"
-    );
-    println!(
-        "| scenario | pool | addresses | Services | ns / allocation (median) | first tenth | last tenth | ns / release |"
-    );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    for r in of("micro").into_iter().filter(|r| r["scenario"] != "index") {
-        let pool = r["pool"].as_str().unwrap_or("");
+    let micro = of("micro");
+    if !micro.is_empty() {
         println!(
-            "| {} | `{pool}` | {} | {} | {} | {} | {} | {} |",
-            r["scenario"].as_str().unwrap_or(""),
-            pool_size(pool),
-            r["n"],
-            f(&r["ns_per_alloc"], 0),
-            f(&r["ns_per_alloc_first_tenth"], 0),
-            f(&r["ns_per_alloc_last_tenth"], 0),
-            f(&r["ns_per_release"], 0),
-        );
-    }
-    let index: Vec<&Value> = of("micro")
-        .into_iter()
-        .filter(|r| r["scenario"] == "index")
-        .collect();
-    if !index.is_empty() {
-        println!(
-            "\n### Whole decision path (`ControllerIndex`: parse, allocate, decide the write)\n"
+            "\n### Allocator micro-benchmark (`herald_controller::allocator::Allocator`, one IPv6 pool)\n"
         );
         println!(
-            "| pool | Services | ns / Service applied (watch event) | ns / Service decided (activate) |"
+            "*fill*: N Services allocated into an empty pool. *fragmented*: N allocated, every \
+             other one released (N/2 one-address holes), then N/2 allocated again. Median over \
+             the iterations; *first/last tenth*: the first and the last tenth of each fill.\n"
         );
-        println!("|---|---:|---:|---:|");
-        for r in index {
+        println!(
+            "| scenario | pool | addresses | Services | iterations | ns / allocation (median) | first tenth | last tenth | ns / release |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in micro.iter().filter(|r| r["scenario"] != "index") {
+            let pool = r["pool"].as_str().unwrap_or("");
             println!(
-                "| `{}` | {} | {} | {} |",
-                r["pool"].as_str().unwrap_or(""),
+                "| {} | `{pool}` | {} | {} | {} | {} | {} | {} | {} |",
+                r["scenario"].as_str().unwrap_or(""),
+                pool_size(pool),
                 r["n"],
-                f(&r["ns_per_service_apply"], 0),
-                f(&r["ns_per_service_activate"], 0),
+                r["iterations"],
+                f(&r["ns_per_alloc"], 0),
+                f(&r["ns_per_alloc_first_tenth"], 0),
+                f(&r["ns_per_alloc_last_tenth"], 0),
+                f(&r["ns_per_release"], 0),
             );
+        }
+        let index: Vec<&&Value> = micro.iter().filter(|r| r["scenario"] == "index").collect();
+        if !index.is_empty() {
+            println!(
+                "\n### Whole decision path (`herald_controller::index::ControllerIndex`: parse, allocate, decide the write)\n"
+            );
+            println!(
+                "| pool | addresses | Services | ns / Service applied (watch event) | ns / Service decided (activate) |"
+            );
+            println!("|---|---:|---:|---:|---:|");
+            for r in index {
+                let pool = r["pool"].as_str().unwrap_or("");
+                println!(
+                    "| `{pool}` | {} | {} | {} | {} |",
+                    pool_size(pool),
+                    r["n"],
+                    f(&r["ns_per_service_apply"], 0),
+                    f(&r["ns_per_service_activate"], 0),
+                );
+            }
         }
     }
     Ok(())
