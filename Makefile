@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 LAB := tests/lab
 
-.PHONY: help k8s build test lint crds demo lab-up lab-down bench
+.PHONY: help k8s build test e2e lint crds demo lab-up lab-down bench
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -15,9 +15,13 @@ k8s: ## build (once; cached in ~/.cache/herald) etcd, kube-apiserver, kube-proxy
 build: ## build Herald's binaries (release)
 	cargo build --release --workspace --bins
 
-test: k8s ## unit, property and integration tests (integration against the lab's API server)
+test: k8s ## unit, property, integration (the lab's API server) and, as root, end-to-end tests
 	cargo build --workspace --all-targets --quiet
 	$(LAB)/with-control-plane.sh cargo test --workspace --all-targets
+	$(LAB)/e2e.sh
+
+e2e: k8s ## end-to-end tests in the node lab (root): speakers, kube-proxy, arping, ndisc6, curl
+	$(LAB)/e2e.sh
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --all -- --check
@@ -29,7 +33,7 @@ crds: ## regenerate deploy/crds/herald.yaml from the Rust types
 demo: ## the local lab, a pool and a Service, and the EXTERNAL-IP it got
 	$(LAB)/demo.sh
 
-lab-up: ## start the local lab (control plane + controller); writes .lab/kubeconfig and .lab/env
+lab-up: ## start the local lab (control plane + controller; as root also HERALD_NODES=3 node namespaces with kube-proxy and speakers); writes .lab/kubeconfig and .lab/env
 	$(LAB)/lab.sh up
 
 lab-down: ## stop the local lab and remove .lab/

@@ -8,7 +8,7 @@
 #
 # Speakers log to .lab/logs/speaker-hl-node<I>.log; their PIDs are in .lab/pids/ and .lab/env
 # (HERALD_SPEAKER<I>_PID). Environment: HERALD_PROFILE (cargo profile, default release),
-# HERALD_HOLD_DOWN_MS (default 1000), HERALD_SPEAKER_ARGS (extra flags).
+# HERALD_HOLD_DOWN_MS (default 3000), HERALD_SPEAKER_ARGS (extra flags).
 set -euo pipefail
 
 lab_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +30,8 @@ set +a
 [[ -n "${HERALD_CLIENT_NS:-}" ]] || die "the node lab is not up (run tests/lab/lab.sh up as root)"
 
 pid_file() { printf '%s/pids/speaker-hl-node%s.pid' "${lab}" "$1"; }
-running() { [[ -f "$(pid_file "$1")" ]] && kill -0 "$(cat "$(pid_file "$1")")" 2>/dev/null; }
+alive() { [[ -r "/proc/$1/stat" ]] && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null; }
+running() { [[ -f "$(pid_file "$1")" ]] && alive "$(cat "$(pid_file "$1")")"; }
 
 write_env() {
   local i
@@ -52,7 +53,7 @@ start() {
   # shellcheck disable=SC2086 # HERALD_SPEAKER_ARGS is a list of flags
   KUBECONFIG="${!kc_var}" RUST_LOG="${RUST_LOG:-info}" setsid ip netns exec "${!ns_var}" \
     "${bin}" --node-name "hl-node${i}" --metrics-addr 127.0.0.1:7473 \
-    --hold-down-ms "${HERALD_HOLD_DOWN_MS:-1000}" ${HERALD_SPEAKER_ARGS:-} \
+    --hold-down-ms "${HERALD_HOLD_DOWN_MS:-3000}" ${HERALD_SPEAKER_ARGS:-} \
     >>"${lab}/logs/speaker-hl-node${i}.log" 2>&1 </dev/null &
   echo $! >"$(pid_file "${i}")"
   log "started the speaker of hl-node${i} (pid $!)"
@@ -63,9 +64,10 @@ signal() {
   running "${i}" || return 0
   pid="$(cat "$(pid_file "${i}")")"
   kill "-${sig}" "${pid}"
-  for _ in $(seq 1 50); do
-    kill -0 "${pid}" 2>/dev/null || break
-    sleep 0.05
+  # Until it is gone or a zombie (the reaper may take its time).
+  for _ in $(seq 1 100); do
+    alive "${pid}" || break
+    sleep 0.02
   done
   rm -f "$(pid_file "${i}")"
 }
