@@ -251,4 +251,3 @@ pub async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
-
