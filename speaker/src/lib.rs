@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ndp;
 pub mod packet_socket;
 pub mod runtime;
+pub mod service_status;
 
 pub use arp::{ArpReply, ArpRequest};
 pub use election::{Candidate, ElectionKey, NodeName};

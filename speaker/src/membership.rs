@@ -183,8 +183,11 @@ impl Membership {
                 p.last_heard = now;
                 p.leaving = hb.leaving;
                 p.links = hb.links;
+                // A node coming back (from silence or a restart) is timed from now, as every
+                // peer that saw it go sees it return; only a first contact trusts the sender's
+                // own count (this speaker just started and everyone else has been up for long).
                 if restarted || !was_alive {
-                    p.member_since = since;
+                    p.member_since = now;
                 }
                 Ok(if hb.leaving {
                     Change::Left
@@ -342,6 +345,35 @@ mod tests {
         assert!(!m.is_alive(&NodeName::new("hl-node3"), t0));
         assert_eq!(m.alive(t0).len(), 2);
         assert_eq!(m.heard_within(Duration::from_millis(100), t0), 2);
+    }
+
+    #[test]
+    fn returning_nodes_are_timed_from_their_return() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(NodeName::new("hl-node1"), Duration::from_millis(500));
+        let mut h = hb("hl-node2", 1, 1);
+        h.member_for_ms = 60_000;
+        m.receive(h.clone(), t0 + Duration::from_secs(61)).unwrap();
+        // First contact: trusts the sender's count.
+        let since = m
+            .alive(t0 + Duration::from_secs(61))
+            .into_iter()
+            .find(|(n, _)| n.as_str() == "hl-node2")
+            .unwrap()
+            .1;
+        assert!(since <= t0 + Duration::from_secs(2));
+        // Silent, then back: timed from its return, whatever it claims.
+        let back = t0 + Duration::from_secs(70);
+        h.seq = 2;
+        h.member_for_ms = 69_000;
+        assert_eq!(m.receive(h, back), Ok(Change::Joined));
+        let since = m
+            .alive(back)
+            .into_iter()
+            .find(|(n, _)| n.as_str() == "hl-node2")
+            .unwrap()
+            .1;
+        assert_eq!(since, back);
     }
 
     #[test]

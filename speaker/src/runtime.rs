@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::announcer::{Announcer, GratuitousSettings, Interface, Outcome};
 use crate::cluster_view::{
-    AdvertisementInfo, ClusterView, MembershipView, NodeInfo, PoolInfo, ServiceInfo,
+    AdvertisementInfo, ClusterView, MembershipView, NodeInfo, Ownership, PoolInfo, ServiceInfo,
 };
 use crate::election::NodeName;
 use crate::eligibility::{HoldDown, Liveness, TrafficPolicy};
@@ -32,6 +32,8 @@ use crate::membership::{self, Heartbeat, Membership, has_quorum};
 use crate::metrics::{IpLabels, Metrics, ReasonLabels};
 use crate::ndp;
 use crate::packet_socket::{PacketSocket, Protocol};
+use crate::service_status;
+use kube::runtime::events::{Recorder, Reporter};
 
 /// How the speaker runs.
 #[derive(Clone, Debug)]
@@ -130,6 +132,14 @@ struct Speaker {
     member_since: Instant,
     had_quorum: bool,
     last_alive: BTreeSet<NodeName>,
+    client: Client,
+    recorder: Recorder,
+    /// Which Services use each owned IP (for Events).
+    ip_services: BTreeMap<IpAddr, Vec<ServiceKey>>,
+    /// The condition message last written per Service, until the watch shows it.
+    announced: BTreeMap<ServiceKey, String>,
+    /// Conflicts already reported, so a flood of foreign replies is one Event a minute.
+    conflicts: BTreeMap<(IpAddr, [u8; 6]), Instant>,
 }
 
 fn node_info(node: &Node) -> NodeInfo {
@@ -378,15 +388,20 @@ impl Speaker {
                 now,
             },
         };
-        let mine: BTreeMap<IpAddr, Vec<String>> = if quorum {
+        let elected: Vec<Ownership> = if quorum {
             view.elect()
                 .into_iter()
                 .filter(|o| o.owner.as_ref() == Some(&self.settings.node))
-                .map(|o| (o.ip, o.interfaces))
                 .collect()
         } else {
-            BTreeMap::new()
+            Vec::new()
         };
+        let mine: BTreeMap<IpAddr, Vec<String>> = elected
+            .iter()
+            .map(|o| (o.ip, o.interfaces.clone()))
+            .collect();
+        self.ip_services = elected.iter().map(|o| (o.ip, o.services.clone())).collect();
+        self.report_owned(&elected);
         let (gained, lost) = self.announcer.set_owned(mine, now);
         for ip in &gained {
             tracing::info!(%ip, "announcing");
@@ -404,6 +419,54 @@ impl Speaker {
                 .remove(&IpLabels { ip: ip.to_string() });
         }
         self.sync_multicast();
+    }
+
+    /// Tells users which node announces each Service this node owns: a status condition and
+    /// an Event, written only when the condition does not already say so.
+    fn report_owned(&mut self, elected: &[Ownership]) {
+        let services: BTreeMap<ServiceKey, Arc<Service>> = self
+            .stores
+            .services
+            .state()
+            .into_iter()
+            .filter_map(|s| Some((ServiceKey::of(&s)?, s)))
+            .collect();
+        let ifaces = self.announce_interfaces();
+        let mut done = BTreeSet::new();
+        for o in elected {
+            let interface = ifaces
+                .iter()
+                .find(|i| o.interfaces.is_empty() || o.interfaces.contains(&i.name))
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| "none".into());
+            let message = service_status::message(self.settings.node.as_str(), &interface);
+            for key in &o.services {
+                if !done.insert(key.clone()) {
+                    continue;
+                }
+                let Some(svc) = services.get(key) else {
+                    continue;
+                };
+                let shown = service_status::current(svc);
+                if shown.as_deref() == Some(message.as_str()) {
+                    self.announced.remove(key);
+                    continue;
+                }
+                if self.announced.get(key) == Some(&message) {
+                    continue;
+                }
+                self.announced.insert(key.clone(), message.clone());
+                tokio::spawn(service_status::announce(
+                    self.client.clone(),
+                    self.recorder.clone(),
+                    key.clone(),
+                    svc.metadata.uid.clone(),
+                    self.settings.node.as_str().to_string(),
+                    message.clone(),
+                ));
+            }
+        }
+        self.announced.retain(|k, _| done.contains(k));
     }
 
     /// Joins the solicited-node group of every owned IPv6 address on every socket, and leaves
@@ -547,7 +610,7 @@ impl Speaker {
         }
     }
 
-    async fn handle_frame(&self, interface: &str, bytes: &[u8]) {
+    async fn handle_frame(&mut self, interface: &str, bytes: &[u8]) {
         let frame = match Frame::decode(bytes) {
             Ok(f) => f,
             Err(reason) => {
@@ -587,6 +650,33 @@ impl Speaker {
                     .conflicts
                     .get_or_create(&IpLabels { ip: ip.to_string() })
                     .inc();
+                let now = Instant::now();
+                let recent = self
+                    .conflicts
+                    .get(&(ip, mac.0))
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+                if !recent {
+                    self.conflicts.insert((ip, mac.0), now);
+                    let uids: BTreeMap<ServiceKey, Option<String>> = self
+                        .stores
+                        .services
+                        .state()
+                        .iter()
+                        .filter_map(|s| Some((ServiceKey::of(s)?, s.metadata.uid.clone())))
+                        .collect();
+                    for key in self.ip_services.get(&ip).cloned().unwrap_or_default() {
+                        let note = format!(
+                            "{mac} also answers for {ip}, announced by node {} on {interface}",
+                            self.settings.node
+                        );
+                        tokio::spawn(service_status::conflict(
+                            self.recorder.clone(),
+                            key.clone(),
+                            uids.get(&key).cloned().flatten(),
+                            note,
+                        ));
+                    }
+                }
             }
             Outcome::Ignore => {}
         }
@@ -690,6 +780,17 @@ pub async fn run(
         member_since: now,
         had_quorum: false,
         last_alive: BTreeSet::new(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: service_status::FIELD_MANAGER.into(),
+                instance: None,
+            },
+        ),
+        client: client.clone(),
+        ip_services: BTreeMap::new(),
+        announced: BTreeMap::new(),
+        conflicts: BTreeMap::new(),
     };
     tracing::info!(node = %speaker.settings.node, started = ?speaker.started, "speaker starting");
     let mut heartbeat = tokio::time::interval(speaker.settings.heartbeat_interval);

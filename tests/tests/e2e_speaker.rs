@@ -166,6 +166,37 @@ impl Case {
     }
 }
 
+impl Case {
+    /// Waits until the Service's `herald.dev/Announced` condition names `node` on eth0, and an
+    /// `AnnouncerChanged` Event says so.
+    async fn condition_names(&self, service: &str, node: &str) -> anyhow::Result<()> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
+        let want = herald_speaker::service_status::message(node, "eth0");
+        let mut last = None;
+        for _ in 0..100 {
+            last = herald_speaker::service_status::current(&services.get(service).await?);
+            if last.as_deref() == Some(want.as_str()) {
+                let events: Api<k8s_openapi::api::events::v1::Event> =
+                    Api::namespaced(self.client.clone(), &self.ns);
+                let seen = events
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("AnnouncerChanged")
+                            && e.note.as_deref() == Some(want.as_str())
+                    });
+                if seen {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{service}: condition {last:?}, wanted {want:?} with its Event")
+    }
+}
+
 /// The nodes whose speaker reports announcing `ip`.
 async fn announcers(lab: &Lab, ip: &str) -> anyhow::Result<Vec<Node>> {
     let mut out = Vec::new();
