@@ -375,6 +375,7 @@ async fn one_node_answers_arp_and_ndp_and_traffic_flows() -> anyhow::Result<()> 
                 owner.name == owner6.name,
                 "both IPs of a dual-stack Service from one node"
             );
+            case.condition_names("web", &owner.name).await?;
             for _ in 0..3 {
                 let macs = arping_once(&lab, v4).await?;
                 ensure!(
@@ -492,6 +493,7 @@ async fn failover(test: &str, v4: &str, v6: &str, fault: &str) -> anyhow::Result
                 "entry {mac}, owner {}",
                 new_owner.mac
             );
+            case.condition_names("web", &new_owner.name).await?;
             let reply = fetch_eventually(&lab, &url(&ip)).await?;
             ensure!(reply.node.starts_with("hl-node"));
             Ok(())
