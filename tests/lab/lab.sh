@@ -95,6 +95,18 @@ up() {
     kubectl -n herald-system get secret herald-memberlist >/dev/null 2>&1 ||
       kubectl -n herald-system create secret generic herald-memberlist \
         --from-literal=secretkey="$(openssl rand -hex 32)" >/dev/null
+    # The speakers run with the deploy/ RBAC only: a token of its ServiceAccount.
+    kubectl apply -f "${repo_root}/deploy/kustomize/speaker-rbac.yaml" >/dev/null
+    local token i node_kc speaker_kc
+    token="$(kubectl -n herald-system create token herald-speaker --duration 24h)"
+    for i in $(seq 1 "${HERALD_NODES:-3}"); do
+      node_kc="${lab}/nodes/hl-node${i}/kubeconfig"
+      speaker_kc="${lab}/nodes/hl-node${i}/speaker.kubeconfig"
+      cp "${node_kc}" "${speaker_kc}"
+      KUBECONFIG="${speaker_kc}" kubectl config set-credentials herald-speaker --token="${token}" >/dev/null
+      KUBECONFIG="${speaker_kc}" kubectl config set-context "$(KUBECONFIG="${speaker_kc}" kubectl config current-context)" \
+        --user=herald-speaker >/dev/null
+    done
     "${lab_src}/speakers.sh" start
   fi
   log "lab is up: . ${lab}/env (KUBECONFIG=${KUBECONFIG})"
@@ -120,7 +132,9 @@ down() {
   # its clients (kube-proxy) to hang up. Its address (hl-api0) last, once the
   # API server is gone: without it, the API server's connections never close.
   if [[ "$(id -u)" == 0 ]]; then
-    [[ -f "${lab}/env" ]] && grep -q HERALD_CLIENT_NS "${lab}/env" && "${lab_src}/speakers.sh" stop || true
+    if [[ -f "${lab}/env" ]] && grep -q HERALD_CLIENT_NS "${lab}/env"; then
+      "${lab_src}/speakers.sh" stop || true
+    fi
     rm -f "${lab}"/pids/speaker-*.pid "${lab}"/logs/speaker-*.log
     "${nodes}" down
   fi

@@ -50,8 +50,11 @@ start() {
   [[ -x "${bin}" ]] || die "${bin} is not built (cargo build --profile ${profile} -p herald-speaker)"
   ns_var="HERALD_NODE${i}_NS"
   kc_var="HERALD_NODE${i}_KUBECONFIG"
+  # The ServiceAccount's kubeconfig (lab.sh writes it), else the node's.
+  local kc="${lab}/nodes/hl-node${i}/speaker.kubeconfig"
+  [[ -f "${kc}" ]] || kc="${!kc_var}"
   # shellcheck disable=SC2086 # HERALD_SPEAKER_ARGS is a list of flags
-  KUBECONFIG="${!kc_var}" RUST_LOG="${RUST_LOG:-info}" setsid ip netns exec "${!ns_var}" \
+  KUBECONFIG="${kc}" RUST_LOG="${RUST_LOG:-info}" setsid ip netns exec "${!ns_var}" \
     "${bin}" --node-name "hl-node${i}" --metrics-addr 127.0.0.1:7473 \
     --hold-down-ms "${HERALD_HOLD_DOWN_MS:-3000}" ${HERALD_SPEAKER_ARGS:-} \
     >>"${lab}/logs/speaker-hl-node${i}.log" 2>&1 </dev/null &
