@@ -697,3 +697,133 @@ for f in frames:
         }
     )
 }
+
+/// Patches a Node's labels (`null` removes one).
+async fn label_node(client: &Client, node: &str, labels: serde_json::Value) -> anyhow::Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exclusion_label_node_selectors_and_interfaces_decide_the_owner() -> anyhow::Result<()> {
+    e2e!(
+        "selectors",
+        "192.0.2.132/32",
+        "2001:db8::132/128",
+        |lab, case| {
+            case.service("web", false, "Cluster").await?;
+            let nodes = lab.nodes()?;
+            case.endpoints("web", &nodes.iter().collect::<Vec<_>>())
+                .await?;
+            let ip = case.ips("web", 1).await?.remove(0);
+            let owner = one_announcer(&lab, &ip, None).await?;
+            // The exclusion label takes the owner out.
+            let exclude = "node.kubernetes.io/exclude-from-external-load-balancers";
+            label_node(&case.client, &owner.name, json!({exclude: ""})).await?;
+            let result = async {
+                let other = one_announcer(&lab, &ip, Some(&owner.name)).await?;
+                ensure!(
+                    arping_once(&lab, &ip).await? == BTreeSet::from([other.mac.to_lowercase()])
+                );
+                Ok(())
+            }
+            .await;
+            label_node(&case.client, &owner.name, json!({exclude: null})).await?;
+            result?;
+            // nodeSelectors pin the IP to one node.
+            let ads: Api<herald_config::L2Advertisement> = Api::all(case.client.clone());
+            let pinned = nodes.last().context("no nodes")?;
+            let ad = |spec: serde_json::Value| {
+                json!({"apiVersion": "herald.dev/v1beta1", "kind": "L2Advertisement",
+                   "metadata": {"name": case.pool}, "spec": spec})
+            };
+            ads.patch(
+                &case.pool,
+                &PatchParams::apply("herald-e2e").force(),
+                &Patch::Apply(ad(json!({
+                    "ipAddressPools": [case.pool], "interfaces": ["eth0"],
+                    "nodeSelectors": [{"matchLabels": {"kubernetes.io/hostname": pinned.name}}]
+                }))),
+            )
+            .await?;
+            let result: anyhow::Result<()> = async {
+                let owner = one_announcer(&lab, &ip, None).await?;
+                ensure!(
+                    owner.name == pinned.name,
+                    "nodeSelectors: owner {}",
+                    owner.name
+                );
+                // An advertisement naming an interface no node has: nobody answers.
+                ads.patch(
+                    &case.pool,
+                    &PatchParams::apply("herald-e2e").force(),
+                    &Patch::Apply(ad(
+                        json!({"ipAddressPools": [case.pool], "interfaces": ["eth9"]}),
+                    )),
+                )
+                .await?;
+                for _ in 0..50 {
+                    if announcers(&lab, &ip).await?.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                ensure!(
+                    announcers(&lab, &ip).await?.is_empty(),
+                    "announced without the named interface"
+                );
+                ensure!(
+                    arping_once(&lab, &ip).await?.is_empty(),
+                    "answered without the named interface"
+                );
+                Ok(())
+            }
+            .await;
+            result
+        }
+    )
+}
+
+#[tokio::test]
+async fn a_shared_ip_has_one_owner_for_all_its_services() -> anyhow::Result<()> {
+    e2e!(
+        "shared_ip",
+        "192.0.2.133/32",
+        "2001:db8::133/128",
+        |lab, case| {
+            let services: Api<Service> = Api::namespaced(case.client.clone(), &case.ns);
+            for (name, port) in [("web", 80), ("alt", 8081)] {
+                services
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "metadata": {"name": name, "annotations": {"herald.dev/allow-shared-ip": "shared"}},
+                        "spec": {"type": "LoadBalancer",
+                                 "ports": [{"name": "http", "port": port, "targetPort": 8080}]}
+                    }))?,
+                )
+                .await?;
+            }
+            let nodes = lab.nodes()?;
+            case.endpoints("web", &nodes.iter().collect::<Vec<_>>())
+                .await?;
+            case.endpoints("alt", &nodes.iter().collect::<Vec<_>>())
+                .await?;
+            let a = case.ips("web", 1).await?;
+            let b = case.ips("alt", 1).await?;
+            ensure!(a == b, "not shared: {a:?} {b:?}");
+            let owner = one_announcer(&lab, &a[0], None).await?;
+            ensure!(arping_once(&lab, &a[0]).await? == BTreeSet::from([owner.mac.to_lowercase()]));
+            fetch_eventually(&lab, &format!("http://{}/", a[0])).await?;
+            fetch_eventually(&lab, &format!("http://{}:8081/", a[0])).await?;
+            Ok(())
+        }
+    )
+}
