@@ -17,6 +17,7 @@ pub mod election;
 pub mod eligibility;
 pub mod frame;
 pub mod interfaces;
+pub mod link_events;
 pub mod membership;
 pub mod metrics;
 pub mod ndp;

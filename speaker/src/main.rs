@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             refresh: (args.gratuitous_refresh_s > 0)
                 .then(|| Duration::from_secs(args.gratuitous_refresh_s)),
         },
-        interface_scan: Duration::from_millis(200),
+        interface_scan: Duration::from_secs(5),
     };
     tracing::info!(?settings, "starting herald-speaker");
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));

@@ -798,6 +798,15 @@ pub async fn run(
     let mut scan = tokio::time::interval(speaker.settings.interface_scan);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut datagram = vec![0u8; membership::MAX_DATAGRAM + 1];
+    // Interface changes arrive as rtnetlink events; the periodic scan is only a safety net.
+    let mut link_events: std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send>> =
+        match crate::link_events::subscribe() {
+            Ok(events) => Box::pin(events),
+            Err(e) => {
+                tracing::warn!(error = %e, "no rtnetlink events; interfaces are only polled");
+                Box::pin(futures::stream::pending())
+            }
+        };
 
     loop {
         let expiry = speaker.membership.next_expiry(Instant::now());
@@ -828,6 +837,10 @@ pub async fn run(
                 metrics.set_ready(speaker.key().is_some());
             }
             _ = scan.tick() => {
+                dirty = speaker.scan_interfaces();
+            }
+            Some(()) = link_events.next() => {
+                while let Some(Some(())) = link_events.next().now_or_never() {}
                 dirty = speaker.scan_interfaces();
             }
             _ = sleep_until(expiry) => { dirty = true; }
