@@ -884,8 +884,11 @@ fn merge(mut a: Value, b: Value) -> Value {
 /// The limit: N status patches of the controller's shape (`writer::ingress_patch`, field
 /// manager `herald-controller`, merge patch on `status`), sent directly at the same
 /// concurrency to the N Services of `NS_DIRECT`, whose class nobody serves.
-async fn direct_patch(client: &Client, opts: &Opts) -> anyhow::Result<Value> {
-    let api: Api<Service> = Api::namespaced(client.clone(), NS_DIRECT);
+///
+/// `ns` is `NS_DIRECT`, or `NS` for the cross-check on the drain's control plane once the
+/// controller has stopped (the IPs written are then outside the pool; nobody reads them).
+async fn direct_patch(client: &Client, opts: &Opts, ns: &str) -> anyhow::Result<Value> {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -973,7 +976,7 @@ async fn phase_direct(opts: &Opts) -> anyhow::Result<()> {
     let client = setup(opts).await?;
     let create = create_services(&client, Sets::Direct, opts).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let patch = direct_patch(&client, opts).await?;
+    let patch = direct_patch(&client, opts, NS_DIRECT).await?;
     record(
         opts,
         json!({
@@ -1004,6 +1007,14 @@ async fn phase_drain(opts: &Opts) -> anyhow::Result<()> {
         opts.pool.replace([':', '/'], "_")
     );
     let drained = drain(&client, opts, &tag).await?;
+    // Cross-check of the limit on this very control plane, right after the drain: the same
+    // N patches sent directly to the same N Services (the controller has stopped).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    log(format!(
+        "drain n={}: limit on the same control plane",
+        opts.n
+    ));
+    let after = direct_patch(&client, opts, NS).await?;
     record(
         opts,
         json!({
@@ -1013,6 +1024,7 @@ async fn phase_drain(opts: &Opts) -> anyhow::Result<()> {
             "pool": opts.pool,
             "create": create.json(opts.n),
             "drain": drained,
+            "direct_after": after,
         }),
     )
 }
@@ -1148,8 +1160,16 @@ fn allocate_one(a: &mut Allocator, key: &ServiceKey, request: &ServiceRequest, l
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 /// Allocates `n` Services into a fresh allocator over `cidr`, `iterations` times; ns per
@@ -1360,18 +1380,22 @@ fn report(path: &Path) -> anyhow::Result<()> {
              status patches sent directly (the controller's patch, field manager and 32 in \
              flight). *Drain*: a fresh control plane with N Services of the served class; the \
              controller starts. One row per repetition; the two phases of a repetition run \
-             back to back (odd repetitions: limit first; even: drain first).\n"
+             back to back (odd repetitions: limit first; even: drain first). *Same-CP limit*: \
+             the N patches sent again directly, on the drain's control plane right after the \
+             drain (controller stopped), to the same N Services: a cross-check that does not \
+             depend on two control planes being alike.\n"
         );
         println!(
-            "| Services | rep | limit: N patches | limit rate | drain: start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit |"
+            "| Services | rep | limit: N patches | limit rate | drain: start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit | same-CP limit rate | drain / same-CP limit |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (d, r) in &pairs {
             let x = &r["drain"];
             let ratio = x["rate_from_ready_per_s"].as_f64().unwrap_or(0.0)
                 / d["direct"]["rate_per_s"].as_f64().unwrap_or(f64::INFINITY);
+            let same = r["direct_after"]["rate_per_s"].as_f64();
             println!(
-                "| {} | {} | {} s | {}/s | {} s | {} s | {} s | {}/s | {:.0}% |",
+                "| {} | {} | {} s | {}/s | {} s | {} s | {} s | {}/s | {:.0}% | {} | {} |",
                 r["n"],
                 r["rep"],
                 f(&d["direct"]["time_s"], 2),
@@ -1381,6 +1405,13 @@ fn report(path: &Path) -> anyhow::Result<()> {
                 f(&x["start_to_last_status_s"], 2),
                 f(&x["rate_from_ready_per_s"], 0),
                 100.0 * ratio,
+                same.map(|l| format!("{l:.0}/s"))
+                    .unwrap_or_else(|| "–".into()),
+                same.map(|l| format!(
+                    "{:.0}%",
+                    100.0 * x["rate_from_ready_per_s"].as_f64().unwrap_or(0.0) / l
+                ))
+                .unwrap_or_else(|| "–".into()),
             );
         }
         println!();
@@ -1401,14 +1432,27 @@ fn report(path: &Path) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|(_, r)| r["drain"]["rate_from_start_per_s"].as_f64())
                 .collect();
+            let same: Vec<f64> = of_n
+                .iter()
+                .filter_map(|(_, r)| r["direct_after"]["rate_per_s"].as_f64())
+                .collect();
             let (limit, drain) = (median(limits), median(drains));
-            println!(
+            print!(
                 "- **{n} Services** ({} repetitions): median limit {limit:.0}/s, median drain {drain:.0}/s from ready ({:.0}/s from process start): drain / limit **{:.0}%** (from start: {:.0}%)",
                 of_n.len(),
                 median(starts.clone()),
                 100.0 * drain / limit,
                 100.0 * median(starts) / limit,
             );
+            if same.is_empty() {
+                println!();
+            } else {
+                let same = median(same);
+                println!(
+                    "; median same-CP limit {same:.0}/s: drain / same-CP limit **{:.0}%**",
+                    100.0 * drain / same
+                );
+            }
         }
     }
 
