@@ -23,6 +23,8 @@ if [[ -f "${default_lab}/env" ]] && grep -q '^HERALD_CLIENT_NS=' "${default_lab}
   exit
 fi
 
+# The debug build `make test` already made: no second (release) build just for these tests.
+export HERALD_PROFILE="${HERALD_PROFILE:-dev}"
 export HERALD_LAB_DIR="${repo_root}/.lab-e2e"
 export KUBECONFIG="${HERALD_LAB_DIR}/kubeconfig"
 trap '"${lab_src}/lab.sh" down >&2 || true' EXIT
