@@ -217,18 +217,45 @@ fn lab_pids() -> Vec<(&'static str, u32)> {
         .collect()
 }
 
-/// CPU seconds of the lab's components and of this process, to attribute a window's CPU.
-#[derive(Clone, Debug, Default)]
+/// Busy CPU seconds of the whole machine (all CPUs), from /proc/stat.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    busy / clock_ticks()
+}
+
+/// CPU seconds of the lab's components, of this process and of the whole machine, to
+/// attribute a window's CPU (and to see how much went to other work on the machine).
+#[derive(Clone, Debug)]
 struct CpuSample {
+    at: Instant,
     apiserver: f64,
     etcd: f64,
     bench: f64,
+    machine: f64,
 }
 
 fn sample_cpu() -> CpuSample {
     let mut s = CpuSample {
+        at: Instant::now(),
+        apiserver: 0.0,
+        etcd: 0.0,
         bench: cpu_seconds(std::process::id()).unwrap_or(0.0),
-        ..Default::default()
+        machine: machine_busy_seconds(),
     };
     for (name, pid) in lab_pids() {
         let cpu = cpu_seconds(pid).unwrap_or(0.0);
@@ -240,11 +267,23 @@ fn sample_cpu() -> CpuSample {
     s
 }
 
-fn cpu_delta(a: &CpuSample, b: &CpuSample) -> Value {
+/// CPU over a window; `controller_s`: what the controller used in it. `other_cpu_s` is what
+/// the rest of the machine used meanwhile (someone else's build, say): a noise indicator.
+fn cpu_delta(a: &CpuSample, b: &CpuSample, controller_s: f64) -> Value {
+    let (api, etcd, bench) = (
+        b.apiserver - a.apiserver,
+        b.etcd - a.etcd,
+        b.bench - a.bench,
+    );
+    let machine = b.machine - a.machine;
     json!({
-        "apiserver_cpu_s": round(b.apiserver - a.apiserver, 2),
-        "etcd_cpu_s": round(b.etcd - a.etcd, 2),
-        "bench_cpu_s": round(b.bench - a.bench, 2),
+        "window_s": secs(b.at - a.at),
+        "apiserver_cpu_s": round(api, 2),
+        "etcd_cpu_s": round(etcd, 2),
+        "bench_cpu_s": round(bench, 2),
+        "controller_cpu_s": round(controller_s, 2),
+        "machine_busy_cpu_s": round(machine, 2),
+        "other_cpu_s": round((machine - api - etcd - bench - controller_s).max(0.0), 2),
     })
 }
 
@@ -920,7 +959,7 @@ async fn direct_patch(client: &Client, opts: &Opts, ns: &str) -> anyhow::Result<
     ));
     Ok(merge(
         patch.json(opts.n),
-        json!({"window": cpu_delta(&cpu0, &cpu1)}),
+        json!({"window": cpu_delta(&cpu0, &cpu1, 0.0)}),
     ))
 }
 
@@ -965,7 +1004,7 @@ async fn drain(client: &Client, opts: &Opts, tag: &str) -> anyhow::Result<Value>
             "rate_from_start_per_s": round(opts.n as f64 / from_start.as_secs_f64(), 1),
             "events_done_after_start_s": events_done.map(|t| secs(t - spawned)),
             "services_without_ip": without,
-            "window": cpu_delta(&cpu0, &cpu1),
+            "window": cpu_delta(&cpu0, &cpu1, at_last.0),
         }),
         cost,
     ))
@@ -1116,7 +1155,7 @@ async fn phase_live(opts: &Opts) -> anyhow::Result<()> {
                 "events_done_after_first_create_s": events_done.map(|t| secs(t - create.first_start)),
                 "controller_cpu_s_in_window": round(at_last.0 - cpu_ctl0, 2),
                 "services_without_ip": without,
-                "window": cpu_delta(&cpu0, &cpu1),
+                "window": cpu_delta(&cpu0, &cpu1, at_last.0 - cpu_ctl0),
             }),
             cost,
         ),
@@ -1341,6 +1380,14 @@ fn f(v: &Value, digits: usize) -> String {
     }
 }
 
+/// Average cores used by other work on the machine during a window.
+fn other_load(window: &Value) -> String {
+    match (window["other_cpu_s"].as_f64(), window["window_s"].as_f64()) {
+        (Some(cpu), Some(t)) if t > 0.0 => format!("{:.2}", cpu / t),
+        _ => "–".into(),
+    }
+}
+
 fn mib(v: &Value) -> String {
     match v.as_f64() {
         Some(kb) => format!("{:.1}", kb / 1024.0),
@@ -1383,19 +1430,21 @@ fn report(path: &Path) -> anyhow::Result<()> {
              back to back (odd repetitions: limit first; even: drain first). *Same-CP limit*: \
              the N patches sent again directly, on the drain's control plane right after the \
              drain (controller stopped), to the same N Services: a cross-check that does not \
-             depend on two control planes being alike.\n"
+             depend on two control planes being alike. *Other load*: CPU used by everything \
+             else on the machine during each measurement (the lab, controller and bench \
+             excluded), in cores out of 2.\n"
         );
         println!(
-            "| Services | rep | limit: N patches | limit rate | drain: start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit | same-CP limit rate | drain / same-CP limit |"
+            "| Services | rep | limit: N patches | limit rate | drain: start → ready | ready → last status | start → last status | drain rate (from ready) | drain / limit | same-CP limit rate | drain / same-CP limit | other load (cores): limit / drain / same-CP |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for (d, r) in &pairs {
             let x = &r["drain"];
             let ratio = x["rate_from_ready_per_s"].as_f64().unwrap_or(0.0)
                 / d["direct"]["rate_per_s"].as_f64().unwrap_or(f64::INFINITY);
             let same = r["direct_after"]["rate_per_s"].as_f64();
             println!(
-                "| {} | {} | {} s | {}/s | {} s | {} s | {} s | {}/s | {:.0}% | {} | {} |",
+                "| {} | {} | {} s | {}/s | {} s | {} s | {} s | {}/s | {:.0}% | {} | {} | {} / {} / {} |",
                 r["n"],
                 r["rep"],
                 f(&d["direct"]["time_s"], 2),
@@ -1412,6 +1461,9 @@ fn report(path: &Path) -> anyhow::Result<()> {
                     100.0 * x["rate_from_ready_per_s"].as_f64().unwrap_or(0.0) / l
                 ))
                 .unwrap_or_else(|| "–".into()),
+                other_load(&d["direct"]["window"]),
+                other_load(&x["window"]),
+                other_load(&r["direct_after"]["window"]),
             );
         }
         println!();
@@ -1532,20 +1584,21 @@ fn report(path: &Path) -> anyhow::Result<()> {
     if !pools.is_empty() {
         println!("\n### Drain by pool size (end to end)\n");
         println!(
-            "| pool | addresses | Services | start → ready | ready → last status | start → last status | drain rate (from ready) | controller CPU at last status |"
+            "| pool | addresses | Services | start → ready | ready → last status | start → last status | drain rate (from ready) | same-CP limit rate | controller CPU at last status |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &pools {
             let pool = r["pool"].as_str().unwrap_or("");
             let d = &r["drain"];
             println!(
-                "| `{pool}` | {} | {} | {} s | {} s | {} s | {}/s | {} s |",
+                "| `{pool}` | {} | {} | {} s | {} s | {} s | {}/s | {}/s | {} s |",
                 pool_size(pool),
                 r["n"],
                 f(&d["start_to_ready_s"], 3),
                 f(&d["ready_to_last_status_s"], 3),
                 f(&d["start_to_last_status_s"], 3),
                 f(&d["rate_from_ready_per_s"], 0),
+                f(&r["direct_after"]["rate_per_s"], 0),
                 f(&d["controller_cpu_s_at_last_status"], 2),
             );
         }
