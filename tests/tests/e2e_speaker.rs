@@ -693,6 +693,88 @@ for f in frames:
             ensure!(dropped > 0, "no dropped frames counted:\n{metrics}");
             // Still answering.
             ensure!(arping_once(&lab, &ip).await? == BTreeSet::from([owner.mac.to_lowercase()]));
+
+            // Forged and garbage membership datagrams: refused and counted; nothing changes.
+            let forge = format!(
+                r#"
+import socket, os
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+forged = b"\x01" + b'{{"node":"hl-node9","incarnation":1,"seq":1,"leaving":false,"links":["eth0"],"member_for_ms":99999}}' + bytes(32)
+for _ in range(20):
+    s.sendto(forged, ("{node_ip}", 7947))
+    s.sendto(os.urandom(64), ("{node_ip}", 7947))
+"#,
+                node_ip = owner.ip4
+            );
+            run(
+                "ip",
+                &["netns", "exec", lab.client_ns()?, "python3", "-c", &forge],
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let metrics = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &owner.name,
+                    "curl",
+                    "-s",
+                    "http://127.0.0.1:7473/metrics",
+                ],
+            )
+            .await?;
+            for reason in ["bad_tag", "bad_version"] {
+                ensure!(
+                    metrics.contains(&format!(
+                        "herald_speaker_heartbeats_rejected_total{{reason=\"{reason}\"}}"
+                    )),
+                    "no {reason} count:\n{metrics}"
+                );
+            }
+            ensure!(
+                metrics.contains(&format!("herald_speaker_members {}", nodes.len())),
+                "membership changed:\n{metrics}"
+            );
+
+            // Another station claims the owned IP: an IPConflict Warning Event and a count.
+            let claim = format!(
+                r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mac = bytes.fromhex("0200000000c8")
+ip = socket.inet_aton("{ip}")
+arp = bytes.fromhex("0001080006040001") + mac + ip + bytes(6) + ip
+s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+"#
+            );
+            run(
+                "ip",
+                &["netns", "exec", lab.client_ns()?, "python3", "-c", &claim],
+            )
+            .await?;
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(case.client.clone(), &case.ns);
+            let mut seen = false;
+            for _ in 0..50 {
+                seen = events
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("IPConflict")
+                            && e.note
+                                .as_deref()
+                                .is_some_and(|n| n.contains("02:00:00:00:00:c8"))
+                    });
+                if seen {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ensure!(seen, "no IPConflict event");
             Ok(())
         }
     )
