@@ -183,12 +183,10 @@ impl Membership {
                 p.last_heard = now;
                 p.leaving = hb.leaving;
                 p.links = hb.links;
-                // A node coming back (from silence or a restart) is timed from now, as every
-                // peer that saw it go sees it return; only a first contact trusts the sender's
-                // own count (this speaker just started and everyone else has been up for long).
-                if restarted || !was_alive {
-                    p.member_since = now;
-                }
+                // The sender says how long it has been a member (it restarts the count while it
+                // lacks quorum), so every speaker times its hold-down from the same moment.
+                let _ = restarted;
+                p.member_since = since;
                 Ok(if hb.leaving {
                     Change::Left
                 } else if !was_alive {
@@ -348,32 +346,27 @@ mod tests {
     }
 
     #[test]
-    fn returning_nodes_are_timed_from_their_return() {
+    fn membership_age_is_the_senders() {
         let t0 = Instant::now();
         let mut m = Membership::new(NodeName::new("hl-node1"), Duration::from_millis(500));
         let mut h = hb("hl-node2", 1, 1);
         h.member_for_ms = 60_000;
-        m.receive(h.clone(), t0 + Duration::from_secs(61)).unwrap();
-        // First contact: trusts the sender's count.
-        let since = m
-            .alive(t0 + Duration::from_secs(61))
-            .into_iter()
-            .find(|(n, _)| n.as_str() == "hl-node2")
-            .unwrap()
-            .1;
-        assert!(since <= t0 + Duration::from_secs(2));
-        // Silent, then back: timed from its return, whatever it claims.
-        let back = t0 + Duration::from_secs(70);
+        let now = t0 + Duration::from_secs(61);
+        m.receive(h.clone(), now).unwrap();
+        let since = |m: &Membership, at| {
+            m.alive(at)
+                .into_iter()
+                .find(|(n, _)| n.as_str() == "hl-node2")
+                .unwrap()
+                .1
+        };
+        assert_eq!(since(&m, now), now - Duration::from_secs(60));
+        // The sender lost quorum and counts again from zero: so does everyone.
         h.seq = 2;
-        h.member_for_ms = 69_000;
-        assert_eq!(m.receive(h, back), Ok(Change::Joined));
-        let since = m
-            .alive(back)
-            .into_iter()
-            .find(|(n, _)| n.as_str() == "hl-node2")
-            .unwrap()
-            .1;
-        assert_eq!(since, back);
+        h.member_for_ms = 0;
+        let later = now + Duration::from_millis(100);
+        m.receive(h, later).unwrap();
+        assert_eq!(since(&m, later), later);
     }
 
     #[test]

@@ -202,6 +202,13 @@ impl Speaker {
 
     fn heartbeat(&mut self, leaving: bool) -> Heartbeat {
         self.seq += 1;
+        let now = Instant::now();
+        let heard = self
+            .membership
+            .heard_within(self.settings.withdraw_after, now);
+        if self.key().is_none() || !has_quorum(self.known_speakers(), heard) {
+            self.member_since = now;
+        }
         Heartbeat {
             node: self.settings.node.as_str().to_string(),
             incarnation: self.incarnation,
@@ -329,23 +336,25 @@ impl Speaker {
             .map(|n| (NodeName::new(n.name_any()), node_info(n)))
             .collect();
         let alive: BTreeMap<NodeName, Instant> = self.membership.alive(now).into_iter().collect();
-        for name in nodes.keys() {
-            match alive.get(name) {
-                Some(_) if *name == self.settings.node => self.hold.up(name, self.member_since),
-                Some(since) => self.hold.up(name, *since),
-                None => self.hold.down(name),
-            }
-        }
         let known = nodes.len();
         let heard = self
             .membership
             .heard_within(self.settings.withdraw_after, now);
         let quorum = self.key().is_some() && has_quorum(known, heard);
-        if quorum && !self.had_quorum {
-            // Back from a cut: this node is held down like any returning node.
+        if !quorum {
+            // Without quorum this node is not a member: its membership age (which its
+            // heartbeats carry, and from which every speaker times its hold-down) restarts.
             self.member_since = now;
-            self.hold.down(&self.settings.node);
-            self.hold.up(&self.settings.node, now);
+        }
+        for name in nodes.keys() {
+            // Every node's hold-down runs from the membership age it reports itself, so all
+            // speakers agree on who is held down.
+            self.hold.down(name);
+            match alive.get(name) {
+                Some(_) if *name == self.settings.node => self.hold.up(name, self.member_since),
+                Some(since) => self.hold.up(name, *since),
+                None => {}
+            }
         }
         if quorum != self.had_quorum {
             tracing::info!(quorum, known, heard, "quorum changed");
