@@ -1618,15 +1618,48 @@ impl Bench {
     // ------------------------------------------------------------------------------------
     // Resources and API requests with many Services
 
+    /// Appends a result to the array `key`, at once, so that an interrupted run keeps it.
+    fn record(&mut self, key: &str, value: Value) {
+        let entry = self
+            .results
+            .entry(key.to_string())
+            .or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(value);
+        }
+    }
+
+    /// Sum over the speakers of an unlabelled counter, and of conflicts.
+    async fn churn(&self) -> (f64, f64, f64) {
+        let views = self.views().await;
+        let sum = |name: &str| -> f64 {
+            views
+                .iter()
+                .flatten()
+                .map(|v| v.plain.get(name).copied().unwrap_or(0.0))
+                .sum()
+        };
+        let conflicts = views
+            .iter()
+            .flatten()
+            .map(|v| v.total("herald_speaker_conflicts_total"))
+            .sum();
+        (
+            sum("herald_speaker_ips_gained_total"),
+            sum("herald_speaker_ips_lost_total"),
+            conflicts,
+        )
+    }
+
     async fn phase_bulk(&mut self, resources: bool, api: bool) -> anyhow::Result<()> {
-        let mut res = Vec::new();
-        let mut apis = Vec::new();
         if resources {
-            res.push(self.resources(0, "running").await?);
+            let r = self.resources(0, "running").await?;
+            self.record("resources", r);
         }
         let mut created = 0;
         for target in [self.opts.services_small, self.opts.services] {
             self.wait_quiet("creating Services").await;
+            let (gained0, lost0, conflicts0) = self.churn().await;
             let started = Instant::now();
             let names: Vec<String> = (created..target).map(|k| format!("bulk-{k:05}")).collect();
             let this = &*self;
@@ -1639,6 +1672,7 @@ impl Bench {
                 r?;
             }
             drop(creates);
+            let new = target - created;
             created = target;
             let all: BTreeSet<String> = (0..target).map(|k| format!("bulk-{k:05}")).collect();
             let within = Duration::from_secs(120 + target as u64 / 5);
@@ -1652,20 +1686,38 @@ impl Bench {
                 started.elapsed().as_secs_f64()
             ));
             self.wait_writes_quiet().await?;
+            let (gained1, lost1, conflicts1) = self.churn().await;
+            let creation = json!({
+                "services": target,
+                "created": new,
+                "all_announced_s": round(announced_after.as_secs_f64(), 1),
+                "ips_gained": gained1 - gained0,
+                "ips_lost": lost1 - lost0,
+                "conflicts_counted": conflicts1 - conflicts0,
+            });
+            log(format!("creating {new} Services: {creation}"));
+            if gained1 - gained0 > new as f64 || conflicts1 > conflicts0 {
+                self.anomaly(format!(
+                    "creating {new} Services: {} IPs gained and {} lost (ideal {new} and 0), {} conflicts counted",
+                    gained1 - gained0,
+                    lost1 - lost0,
+                    conflicts1 - conflicts0
+                ));
+            }
+            self.record("creation", creation);
             if resources {
                 let mut r = self.resources(target, "running").await?;
                 r["announce_all_s"] = json!(round(announced_after.as_secs_f64(), 1));
-                res.push(r);
+                self.record("resources", r);
             }
             if api {
-                apis.push(self.api_windows(target, &ips).await?);
+                let a = self.api_windows(target, &ips).await?;
+                self.record("api", a);
                 if resources {
-                    res.push(self.resources(target, "after restart").await?);
+                    let r = self.resources(target, "after restart").await?;
+                    self.record("resources", r);
                 }
             }
-            // Record as we go, so a later failure keeps what was measured.
-            self.results.insert("resources".into(), json!(res));
-            self.results.insert("api".into(), json!(apis));
         }
         Ok(())
     }
@@ -2041,6 +2093,10 @@ impl Bench {
                         m = format!("{m}: {}", e.chars().take(100).collect::<String>());
                     }
                     *messages.entry(format!("{level} {m}")).or_default() += 1;
+                } else if v["message"].as_str() == Some("quorum changed") {
+                    // A quorum flicker withdraws every IP of the node: worth seeing.
+                    let m = format!("INFO quorum changed to {}", v["quorum"]);
+                    *messages.entry(m).or_default() += 1;
                 }
                 *levels.entry(level).or_default() += 1;
             }
@@ -2826,6 +2882,23 @@ fn report(r: &Value) -> String {
                     f(&sp["announced"]),
                 ));
             }
+        }
+        s.push('\n');
+    }
+    if let Some(c) = r["creation"].as_array() {
+        s.push_str("### Creating the Services\n\n");
+        s.push_str("| Services after | created | all announced s | IPs gained (ideal: created) | IPs lost (ideal 0) | conflicts counted |\n");
+        s.push_str("|---:|---:|---:|---:|---:|---:|\n");
+        for x in c {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                f(&x["services"]),
+                f(&x["created"]),
+                f(&x["all_announced_s"]),
+                f(&x["ips_gained"]),
+                f(&x["ips_lost"]),
+                f(&x["conflicts_counted"]),
+            ));
         }
         s.push('\n');
     }
