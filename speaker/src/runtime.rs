@@ -817,9 +817,12 @@ pub async fn run(
             }
         };
 
+    let mut last_election = Instant::now();
     loop {
-        let expiry = speaker.membership.next_expiry(Instant::now());
-        let hold_change = speaker.hold.next_change(Instant::now());
+        // Deadlines are taken from the last election, not from now: one that passes while
+        // another event is handled must still fire (at once), or the election never re-runs.
+        let expiry = speaker.membership.next_expiry(last_election);
+        let hold_change = speaker.hold.next_change(last_election);
         let due = speaker.announcer.next_due();
         let mut dirty = false;
         tokio::select! {
@@ -862,6 +865,7 @@ pub async fn run(
             }
         }
         if dirty {
+            last_election = Instant::now();
             speaker.recompute();
             speaker.send_due().await;
         }
