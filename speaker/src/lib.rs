@@ -16,14 +16,17 @@ pub mod cluster_view;
 pub mod election;
 pub mod eligibility;
 pub mod frame;
+pub mod heartbeats;
 pub mod interfaces;
 pub mod link_events;
 pub mod membership;
 pub mod metrics;
 pub mod ndp;
 pub mod packet_socket;
+pub mod responder;
 pub mod runtime;
 pub mod service_status;
+pub mod slim;
 
 pub use arp::{ArpReply, ArpRequest};
 pub use election::{Candidate, ElectionKey, NodeName};

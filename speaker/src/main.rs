@@ -63,7 +63,9 @@ struct Args {
     log_format: String,
 }
 
-#[tokio::main]
+// Two workers whatever the node's size: the speaker's work is a few small tasks (heartbeats,
+// socket readers, the election loop), and every extra thread costs memory (a malloc arena).
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

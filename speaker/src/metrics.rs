@@ -140,6 +140,17 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Drops every per-IP series of an IP this node no longer announces, so the metrics
+    /// follow the IPs that exist rather than every IP ever held.
+    pub fn forget_ip(&self, ip: std::net::IpAddr) {
+        let labels = IpLabels { ip: ip.to_string() };
+        self.announced.remove(&labels);
+        self.requests_received.remove(&labels);
+        self.responses_sent.remove(&labels);
+        self.gratuitous_sent.remove(&labels);
+        self.conflicts.remove(&labels);
+    }
+
     /// Marks the speaker ready (caches synced, key loaded).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! out as frames.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,22 +17,23 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::announcer::{Announcer, GratuitousSettings, Interface, Outcome};
+use crate::announcer::{Announcer, GratuitousSettings, Interface};
 use crate::cluster_view::{
     AdvertisementInfo, ClusterView, MembershipView, NodeInfo, Ownership, PoolInfo, ServiceInfo,
 };
 use crate::election::NodeName;
 use crate::eligibility::{HoldDown, Liveness, TrafficPolicy};
 use crate::frame::{Frame, Message};
+use crate::heartbeats::{HeartbeatSettings, Heartbeats, MembershipState};
 use crate::interfaces::{self, InterfaceState};
-use crate::membership::{self, Heartbeat, Membership, has_quorum};
-use crate::metrics::{IpLabels, Metrics, ReasonLabels};
+use crate::membership::Membership;
+use crate::metrics::{IpLabels, Metrics};
 use crate::ndp;
 use crate::packet_socket::{PacketSocket, Protocol};
-use crate::service_status;
+use crate::responder::{self, AnswerSnapshot, ConflictSeen};
+use crate::{service_status, slim};
 use kube::runtime::events::{Recorder, Reporter};
 
 /// How the speaker runs.
@@ -62,7 +63,11 @@ pub struct SpeakerSettings {
 }
 
 /// The key in the Secret's data.
-pub const SECRET_KEY: &str = "secretkey";
+pub use crate::heartbeats::SECRET_KEY;
+
+/// Condition writes in flight at once: a takeover of hundreds of Services must not open
+/// hundreds of API connections (each a TLS session, tens of KiB) at the same moment.
+const STATUS_WRITES_IN_FLIGHT: usize = 4;
 
 struct Sockets {
     arp: Arc<PacketSocket>,
@@ -85,7 +90,6 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pools: Store<IPAddressPool>,
     ads: Store<L2Advertisement>,
-    secrets: Store<Secret>,
 }
 
 struct Members<'a> {
@@ -119,21 +123,19 @@ struct Speaker {
     class: ServedClass,
     metrics: Arc<Metrics>,
     stores: Stores,
-    membership: Membership,
+    heartbeats: Arc<Heartbeats>,
     hold: HoldDown,
     announcer: Announcer,
     interfaces: Vec<InterfaceState>,
     sockets: BTreeMap<String, Sockets>,
-    frames: mpsc::Sender<(String, Vec<u8>)>,
+    /// What the socket readers answer from.
+    answers: watch::Sender<Arc<AnswerSnapshot>>,
+    conflicts_tx: mpsc::Sender<ConflictSeen>,
     started: Instant,
-    incarnation: u64,
-    seq: u64,
-    /// When this speaker last (re)gained quorum: its own hold-down starts there.
-    member_since: Instant,
     had_quorum: bool,
-    last_alive: BTreeSet<NodeName>,
     client: Client,
     recorder: Recorder,
+    status_writes: Arc<Semaphore>,
     /// Which Services use each owned IP (for Events).
     ip_services: BTreeMap<IpAddr, Vec<ServiceKey>>,
     /// The condition message last written per Service, until the watch shows it.
@@ -156,22 +158,6 @@ fn node_info(node: &Node) -> NodeInfo {
     }
 }
 
-fn node_addresses(node: &Node) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .map(|a| {
-            a.iter()
-                .filter(|a| a.type_ == "InternalIP")
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by_key(|ip| ip.is_ipv6());
-    out
-}
-
 impl Speaker {
     fn my_links(&self) -> Vec<String> {
         self.interfaces
@@ -179,90 +165,6 @@ impl Speaker {
             .filter(|i| i.usable())
             .map(|i| i.name.clone())
             .collect()
-    }
-
-    fn key(&self) -> Option<Vec<u8>> {
-        let (ns, name) = &self.settings.secret;
-        self.stores
-            .secrets
-            .state()
-            .into_iter()
-            .find(|s| {
-                s.metadata.name.as_deref() == Some(name)
-                    && s.metadata.namespace.as_deref() == Some(ns)
-            })
-            .and_then(|s| s.data.as_ref()?.get(SECRET_KEY).map(|b| b.0.clone()))
-            .filter(|k| !k.is_empty())
-    }
-
-    /// The Nodes known to run a speaker: every Node (the speaker is a DaemonSet).
-    fn known_speakers(&self) -> usize {
-        self.stores.nodes.state().len()
-    }
-
-    fn heartbeat(&mut self, leaving: bool) -> Heartbeat {
-        self.seq += 1;
-        let now = Instant::now();
-        let heard = self
-            .membership
-            .heard_within(self.settings.withdraw_after, now);
-        if self.key().is_none() || !has_quorum(self.known_speakers(), heard) {
-            self.member_since = now;
-        }
-        Heartbeat {
-            node: self.settings.node.as_str().to_string(),
-            incarnation: self.incarnation,
-            seq: self.seq,
-            leaving,
-            links: self.my_links(),
-            member_for_ms: u64::try_from(self.member_since.elapsed().as_millis())
-                .unwrap_or(u64::MAX),
-        }
-    }
-
-    async fn send_heartbeats(&mut self, socket: &UdpSocket, leaving: bool) {
-        let Some(key) = self.key() else { return };
-        let datagram = membership::seal(&self.heartbeat(leaving), &key);
-        for node in self.stores.nodes.state() {
-            if node.name_any() == self.settings.node.as_str() {
-                continue;
-            }
-            if let Some(ip) = node_addresses(&node).first() {
-                let target = match ip {
-                    IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
-                    IpAddr::V6(v6) => IpAddr::V6(*v6),
-                };
-                if let Err(e) = socket
-                    .send_to(
-                        &datagram,
-                        SocketAddr::new(target, self.settings.membership_port),
-                    )
-                    .await
-                {
-                    tracing::debug!(node = %node.name_any(), error = %e, "heartbeat not sent");
-                }
-            }
-        }
-    }
-
-    fn receive_heartbeat(&mut self, datagram: &[u8]) -> bool {
-        let Some(key) = self.key() else { return false };
-        let result = membership::open(datagram, &key)
-            .and_then(|hb| self.membership.receive(hb, Instant::now()));
-        match result {
-            Ok(change) => !matches!(change, membership::Change::Refreshed),
-            Err(e) => {
-                if e != membership::Rejection::OwnHeartbeat {
-                    self.metrics
-                        .heartbeats_rejected
-                        .get_or_create(&ReasonLabels {
-                            reason: e.metric_label(),
-                        })
-                        .inc();
-                }
-                false
-            }
-        }
     }
 
     fn services(&self) -> Vec<ServiceInfo> {
@@ -335,23 +237,30 @@ impl Speaker {
             .iter()
             .map(|n| (NodeName::new(n.name_any()), node_info(n)))
             .collect();
-        let alive: BTreeMap<NodeName, Instant> = self.membership.alive(now).into_iter().collect();
-        let known = nodes.len();
-        let heard = self
-            .membership
-            .heard_within(self.settings.withdraw_after, now);
-        let quorum = self.key().is_some() && has_quorum(known, heard);
-        if !quorum {
+        // A copy (O(nodes)): the heartbeat task keeps receiving while the election runs.
+        let (
+            quorum,
+            MembershipState {
+                membership,
+                member_since,
+                ..
+            },
+        ) = {
+            let mut state = self.heartbeats.lock();
             // Without quorum this node is not a member: its membership age (which its
             // heartbeats carry, and from which every speaker times its hold-down) restarts.
-            self.member_since = now;
-        }
+            let quorum = self.heartbeats.judge_quorum(&mut state, now);
+            (quorum, state.clone())
+        };
+        let alive: BTreeMap<NodeName, Instant> = membership.alive(now).into_iter().collect();
+        let known = nodes.len();
+        let heard = membership.heard_within(self.settings.withdraw_after, now);
         for name in nodes.keys() {
             // Every node's hold-down runs from the membership age it reports itself, so all
             // speakers agree on who is held down.
             self.hold.down(name);
             match alive.get(name) {
-                Some(_) if *name == self.settings.node => self.hold.up(name, self.member_since),
+                Some(_) if *name == self.settings.node => self.hold.up(name, member_since),
                 Some(since) => self.hold.up(name, *since),
                 None => {}
             }
@@ -362,7 +271,6 @@ impl Speaker {
         self.had_quorum = quorum;
         self.metrics.quorum.set(i64::from(quorum));
         self.metrics.members.set(alive.len() as i64);
-        self.last_alive = alive.keys().cloned().collect();
 
         let pools: Vec<PoolInfo> = self
             .stores
@@ -390,7 +298,7 @@ impl Speaker {
             advertisements: &ads,
             services: &services,
             membership: &Members {
-                membership: &self.membership,
+                membership: &membership,
                 hold: &self.hold,
                 my_links: &my_links,
                 me: &self.settings.node,
@@ -423,11 +331,23 @@ impl Speaker {
         for ip in &lost {
             tracing::info!(%ip, "no longer announcing");
             self.metrics.ips_lost.inc();
-            self.metrics
-                .announced
-                .remove(&IpLabels { ip: ip.to_string() });
+            self.metrics.forget_ip(*ip);
         }
         self.sync_multicast();
+        self.publish_answers();
+    }
+
+    /// Hands the socket readers what they answer from now.
+    fn publish_answers(&self) {
+        let interfaces = self
+            .announce_interfaces()
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect();
+        self.answers.send_replace(Arc::new(AnswerSnapshot {
+            announcer: self.announcer.clone(),
+            interfaces,
+        }));
     }
 
     /// Tells users which node announces each Service this node owns: a status condition and
@@ -464,15 +384,26 @@ impl Speaker {
                 if self.announced.get(key) == Some(&message) {
                     continue;
                 }
+                // Without a UID the write could not be tied to this Service (it may be gone
+                // and recreated); the next event brings one.
+                let Some(uid) = svc.metadata.uid.clone() else {
+                    continue;
+                };
                 self.announced.insert(key.clone(), message.clone());
-                tokio::spawn(service_status::announce(
+                let write = service_status::announce(
                     self.client.clone(),
                     self.recorder.clone(),
                     key.clone(),
-                    svc.metadata.uid.clone(),
+                    uid,
                     self.settings.node.as_str().to_string(),
                     message.clone(),
-                ));
+                );
+                let permits = self.status_writes.clone();
+                tokio::spawn(async move {
+                    // The semaphore is never closed.
+                    let _permit = permits.acquire_owned().await;
+                    write.await;
+                });
             }
         }
         self.announced.retain(|k, _| done.contains(k));
@@ -548,24 +479,13 @@ impl Speaker {
                     let readers = [arp.clone(), ndp.clone()]
                         .into_iter()
                         .map(|sock| {
-                            let tx = self.frames.clone();
-                            let name = name.clone();
-                            tokio::spawn(async move {
-                                let mut buf = vec![0u8; 2048];
-                                loop {
-                                    match sock.recv(&mut buf).await {
-                                        Ok(n) => {
-                                            if tx.send((name.clone(), buf[..n].to_vec())).await.is_err() {
-                                                return;
-                                            }
-                                        }
-                                        Err(e) => {
-                                            tracing::warn!(interface = %name, error = %e, "packet socket read failed");
-                                            tokio::time::sleep(Duration::from_millis(100)).await;
-                                        }
-                                    }
-                                }
-                            })
+                            responder::spawn_reader(
+                                name.clone(),
+                                sock,
+                                self.answers.subscribe(),
+                                self.metrics.clone(),
+                                self.conflicts_tx.clone(),
+                            )
                         })
                         .collect();
                     tracing::info!(interface = %name, "listening for ARP and NDP");
@@ -587,6 +507,8 @@ impl Speaker {
         if changed {
             self.sync_multicast();
         }
+        self.heartbeats.lock().links = self.my_links();
+        self.publish_answers();
         changed
     }
 
@@ -619,75 +541,48 @@ impl Speaker {
         }
     }
 
-    async fn handle_frame(&mut self, interface: &str, bytes: &[u8]) {
-        let frame = match Frame::decode(bytes) {
-            Ok(f) => f,
-            Err(reason) => {
-                self.metrics
-                    .frames_dropped
-                    .get_or_create(&ReasonLabels {
-                        reason: reason.metric_label(),
-                    })
-                    .inc();
-                return;
-            }
-        };
-        let Some(iface) = self.interfaces.iter().find(|i| i.name == interface) else {
+    /// Another station answered for an IP this node announces: a metric, a log line and (at
+    /// most once a minute per MAC) a Warning Event on every Service using the IP.
+    fn handle_conflict(&mut self, seen: ConflictSeen) {
+        let ConflictSeen { ip, mac, interface } = seen;
+        // The reader judged from its snapshot; the IP may have moved on since.
+        if !self.announcer.owned().any(|o| *o == ip) {
             return;
-        };
-        let iface = Interface {
-            name: iface.name.clone(),
-            mac: iface.mac,
-            link_local: iface.link_local,
-        };
-        match self.announcer.handle(&iface, &frame) {
-            Outcome::Reply(reply) => {
-                let ip = match frame.message {
-                    Message::ArpRequest(r) => IpAddr::V4(r.target_ip),
-                    Message::NeighborSolicitation(ns) => IpAddr::V6(ns.target),
-                    _ => return,
-                };
-                let labels = IpLabels { ip: ip.to_string() };
-                self.metrics.requests_received.get_or_create(&labels).inc();
-                if self.send_frame(interface, &reply).await {
-                    self.metrics.responses_sent.get_or_create(&labels).inc();
-                }
-            }
-            Outcome::Conflict { ip, mac } => {
-                tracing::warn!(%ip, %mac, interface, "another station claims an IP this node announces");
-                self.metrics
-                    .conflicts
-                    .get_or_create(&IpLabels { ip: ip.to_string() })
-                    .inc();
-                let now = Instant::now();
-                let recent = self
-                    .conflicts
-                    .get(&(ip, mac.0))
-                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
-                if !recent {
-                    self.conflicts.insert((ip, mac.0), now);
-                    let uids: BTreeMap<ServiceKey, Option<String>> = self
-                        .stores
-                        .services
-                        .state()
-                        .iter()
-                        .filter_map(|s| Some((ServiceKey::of(s)?, s.metadata.uid.clone())))
-                        .collect();
-                    for key in self.ip_services.get(&ip).cloned().unwrap_or_default() {
-                        let note = format!(
-                            "{mac} also answers for {ip}, announced by node {} on {interface}",
-                            self.settings.node
-                        );
-                        tokio::spawn(service_status::conflict(
-                            self.recorder.clone(),
-                            key.clone(),
-                            uids.get(&key).cloned().flatten(),
-                            note,
-                        ));
-                    }
-                }
-            }
-            Outcome::Ignore => {}
+        }
+        tracing::warn!(%ip, %mac, %interface, "another station claims an IP this node announces");
+        self.metrics
+            .conflicts
+            .get_or_create(&IpLabels { ip: ip.to_string() })
+            .inc();
+        let now = Instant::now();
+        let recent = self
+            .conflicts
+            .get(&(ip, mac.0))
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if recent {
+            return;
+        }
+        self.conflicts.insert((ip, mac.0), now);
+        self.conflicts
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+        let uids: BTreeMap<ServiceKey, Option<String>> = self
+            .stores
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| Some((ServiceKey::of(s)?, s.metadata.uid.clone())))
+            .collect();
+        for key in self.ip_services.get(&ip).cloned().unwrap_or_default() {
+            let note = format!(
+                "{mac} also answers for {ip}, announced by node {} on {interface}",
+                self.settings.node
+            );
+            tokio::spawn(service_status::conflict(
+                self.recorder.clone(),
+                key.clone(),
+                uids.get(&key).cloned().flatten(),
+                note,
+            ));
         }
     }
 
@@ -722,49 +617,83 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // Every object is slimmed before it is stored: the stores hold only what the election reads.
     macro_rules! watch_into {
-        ($api:expr, $config:expr) => {{
+        ($api:expr, $config:expr, $slim:expr) => {{
             let (store, writer) = reflector::store();
-            let stream = reflector::reflector(writer, watcher::watcher($api, $config))
-                .default_backoff()
-                .map(|_| ())
-                .boxed();
+            let stream =
+                reflector::reflector(writer, watcher::watcher($api, $config).modify($slim))
+                    .default_backoff()
+                    .map(|_| ())
+                    .boxed();
             (store, stream)
         }};
     }
-    let (nodes, s1) = watch_into!(Api::<Node>::all(client.clone()), watcher::Config::default());
+    let (nodes, s1) = watch_into!(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        slim::node
+    );
     let (services, s2) = watch_into!(
         Api::<Service>::all(client.clone()),
-        watcher::Config::default()
+        watcher::Config::default(),
+        slim::service
     );
     let (slices, s3) = watch_into!(
         Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default()
+        watcher::Config::default(),
+        slim::endpoint_slice
     );
     let (pools, s4) = watch_into!(
         Api::<IPAddressPool>::all(client.clone()),
-        watcher::Config::default()
+        watcher::Config::default(),
+        |p: &mut IPAddressPool| {
+            slim::metadata_only(&mut p.metadata);
+            p.status = None;
+        }
     );
     let (ads, s5) = watch_into!(
         Api::<L2Advertisement>::all(client.clone()),
-        watcher::Config::default()
+        watcher::Config::default(),
+        |a: &mut L2Advertisement| slim::metadata_only(&mut a.metadata)
     );
     let (secrets, s6) = watch_into!(
         Api::<Secret>::namespaced(client.clone(), &settings.secret.0),
-        watcher::Config::default().fields(&format!("metadata.name={}", settings.secret.1))
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.secret.1)),
+        |s: &mut Secret| slim::metadata_only(&mut s.metadata)
     );
     let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
 
-    let socket = UdpSocket::bind(SocketAddr::new(
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        settings.membership_port,
-    ))
-    .await?;
-    let (frames_tx, mut frames_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
+    let heartbeats = Arc::new(
+        Heartbeats::bind(
+            HeartbeatSettings {
+                node: settings.node.clone(),
+                port: settings.membership_port,
+                dead_after: settings.dead_after,
+                withdraw_after: settings.withdraw_after,
+                secret: settings.secret.clone(),
+                incarnation: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                    .unwrap_or(0),
+            },
+            nodes.clone(),
+            secrets,
+            metrics.clone(),
+        )
+        .await?,
+    );
+    let (membership_tx, mut membership_changed) = mpsc::channel::<()>(1);
+    let heartbeat_task = tokio::spawn(
+        heartbeats
+            .clone()
+            .run(settings.heartbeat_interval, membership_tx),
+    );
+    let (conflicts_tx, mut conflicts_rx) = mpsc::channel::<ConflictSeen>(256);
+    let (answers, _) = watch::channel(Arc::new(AnswerSnapshot::default()));
     let now = Instant::now();
     let mut speaker = Speaker {
         class: ServedClass(settings.class.clone()),
-        membership: Membership::new(settings.node.clone(), settings.dead_after),
         hold: HoldDown::new(settings.hold_down),
         announcer: Announcer::new(settings.gratuitous),
         settings,
@@ -775,20 +704,14 @@ pub async fn run(
             slices,
             pools,
             ads,
-            secrets,
         },
+        heartbeats: heartbeats.clone(),
         interfaces: Vec::new(),
         sockets: BTreeMap::new(),
-        frames: frames_tx,
+        answers,
+        conflicts_tx,
         started: now,
-        incarnation: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-        seq: 0,
-        member_since: now,
         had_quorum: false,
-        last_alive: BTreeSet::new(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -797,16 +720,14 @@ pub async fn run(
             },
         ),
         client: client.clone(),
+        status_writes: Arc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
         ip_services: BTreeMap::new(),
         announced: BTreeMap::new(),
         conflicts: BTreeMap::new(),
     };
     tracing::info!(node = %speaker.settings.node, started = ?speaker.started, "speaker starting");
-    let mut heartbeat = tokio::time::interval(speaker.settings.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scan = tokio::time::interval(speaker.settings.interface_scan);
     scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut datagram = vec![0u8; membership::MAX_DATAGRAM + 1];
     // Interface changes arrive as rtnetlink events; the periodic scan is only a safety net.
     let mut link_events: std::pin::Pin<Box<dyn futures::Stream<Item = ()> + Send>> =
         match crate::link_events::subscribe() {
@@ -821,7 +742,7 @@ pub async fn run(
     loop {
         // Deadlines are taken from the last election, not from now: one that passes while
         // another event is handled must still fire (at once), or the election never re-runs.
-        let expiry = speaker.membership.next_expiry(last_election);
+        let expiry = heartbeats.lock().membership.next_expiry(last_election);
         let hold_change = speaker.hold.next_change(last_election);
         let due = speaker.announcer.next_due();
         let mut dirty = false;
@@ -830,23 +751,9 @@ pub async fn run(
                 dirty = true;
                 while let Some(Some(())) = changes.next().now_or_never() {}
             }
-            received = socket.recv_from(&mut datagram) => {
-                if let Ok((n, _)) = received {
-                    dirty = speaker.receive_heartbeat(&datagram[..n]);
-                }
-            }
-            Some((interface, bytes)) = frames_rx.recv() => {
-                speaker.handle_frame(&interface, &bytes).await;
-            }
-            _ = heartbeat.tick() => {
-                speaker.send_heartbeats(&socket, false).await;
-                // Quorum and silence are re-judged every beat.
-                let now = Instant::now();
-                let alive: BTreeSet<NodeName> = speaker.membership.alive(now).into_iter().map(|(n, _)| n).collect();
-                let heard = speaker.membership.heard_within(speaker.settings.withdraw_after, now);
-                let quorum = speaker.key().is_some() && has_quorum(speaker.known_speakers(), heard);
-                dirty = alive != speaker.last_alive || quorum != speaker.had_quorum;
-                metrics.set_ready(speaker.key().is_some());
+            Some(()) = membership_changed.recv() => { dirty = true; }
+            Some(seen) = conflicts_rx.recv() => {
+                speaker.handle_conflict(seen);
             }
             _ = scan.tick() => {
                 dirty = speaker.scan_interfaces();
@@ -872,9 +779,11 @@ pub async fn run(
     }
     // Graceful handover: stop answering, then tell the others at once (a few times, UDP).
     tracing::info!("shutting down: handing IPs over");
+    heartbeat_task.abort();
     speaker.announcer.set_owned(BTreeMap::new(), Instant::now());
+    speaker.publish_answers();
     for _ in 0..3 {
-        speaker.send_heartbeats(&socket, true).await;
+        heartbeats.send(true).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())

@@ -40,15 +40,17 @@ pub async fn announce(
     client: kube::Client,
     recorder: Recorder,
     key: ServiceKey,
-    uid: Option<String>,
+    uid: String,
     node: String,
     message: String,
 ) {
     let api: Api<Service> = Api::namespaced(client, &key.namespace);
+    // The UID makes the write conditional on this very Service: a deleted one is not recreated
+    // from the patch (the API server refuses it: "uid mismatch"), a recreated one not touched.
     let patch = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": key.name, "namespace": key.namespace},
+        "metadata": {"name": key.name, "namespace": key.namespace, "uid": uid},
         "status": {"conditions": [{
             "type": CONDITION,
             "status": "True",
@@ -65,6 +67,11 @@ pub async fn announce(
         )
         .await
     {
+        // Gone or replaced meanwhile: nothing to tell, and no Event either.
+        if matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
+            tracing::debug!(service = %key, error = %e, "Service gone before its Announced condition was written");
+            return;
+        }
         tracing::warn!(service = %key, error = %e, "could not write the Announced condition");
     }
     let event = Event {
@@ -74,7 +81,7 @@ pub async fn announce(
         action: "Announce".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&event, &reference(&key, uid)).await {
+    if let Err(e) = recorder.publish(&event, &reference(&key, Some(uid))).await {
         tracing::warn!(service = %key, error = %e, node, "could not publish the AnnouncerChanged event");
     }
 }
