@@ -3,6 +3,7 @@
 
 pub mod addresses;
 pub mod l2advertisement;
+pub mod lease;
 pub mod pool;
 pub mod selection;
 pub mod service;

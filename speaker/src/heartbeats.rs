@@ -19,8 +19,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::election::NodeName;
-use crate::membership::{self, Heartbeat, Membership, has_quorum};
+use crate::membership::{self, Heartbeat, Membership, is_tie, may_announce};
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::witness::Witness;
 
 /// The key in the membership Secret's data.
 pub const SECRET_KEY: &str = "secretkey";
@@ -35,6 +36,8 @@ pub struct MembershipState {
     pub member_since: Instant,
     /// This node's usable interfaces, told to the others.
     pub links: Vec<String>,
+    /// Since when exactly half the known speakers are heard, if they are.
+    pub tie_since: Option<Instant>,
 }
 
 /// The heartbeat sender and receiver.
@@ -49,6 +52,10 @@ pub struct Heartbeats {
     incarnation: u64,
     seq: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
+    witness: Option<Arc<Witness>>,
+    /// In a tie, how long the witness may take to answer before this speaker counts as
+    /// having lost its membership (and restarts its hold-down).
+    tie_grace: Duration,
 }
 
 /// How the heartbeat task is set up.
@@ -91,6 +98,7 @@ impl Heartbeats {
         nodes: Store<Node>,
         secrets: Store<Secret>,
         metrics: Arc<Metrics>,
+        witness: Option<Arc<Witness>>,
     ) -> std::io::Result<Heartbeats> {
         let socket = UdpSocket::bind(SocketAddr::new(
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -102,6 +110,7 @@ impl Heartbeats {
                 membership: Membership::new(settings.node, settings.dead_after),
                 member_since: Instant::now(),
                 links: Vec::new(),
+                tie_since: None,
             }),
             socket,
             nodes,
@@ -112,6 +121,8 @@ impl Heartbeats {
             incarnation: settings.incarnation,
             seq: std::sync::atomic::AtomicU64::new(0),
             metrics,
+            witness,
+            tie_grace: settings.dead_after,
         })
     }
 
@@ -141,12 +152,25 @@ impl Heartbeats {
         self.nodes.state().len()
     }
 
-    /// Whether this speaker hears a strict majority (and has the key). While it does not,
-    /// its membership age restarts.
+    /// Whether this speaker may announce (it has the key, and hears a strict majority or, in
+    /// a tie, the witness's holder). While it may not, its membership age restarts — except
+    /// for a short grace in a tie, while the witness is asked.
     pub fn judge_quorum(&self, state: &mut MembershipState, now: Instant) -> bool {
-        let heard = state.membership.heard_within(self.withdraw_after, now);
-        let quorum = self.key().is_some() && has_quorum(self.known_speakers(), heard);
-        if !quorum {
+        let heard = state.membership.heard_set(self.withdraw_after, now);
+        let known = self.known_speakers();
+        let keyed = self.key().is_some();
+        let tie = keyed && is_tie(known, heard.len());
+        let holder = self.witness.as_ref().and_then(|w| {
+            w.set_contended(tie);
+            w.holder(now)
+        });
+        let quorum = keyed && may_announce(known, &heard, holder.as_ref());
+        state.tie_since = tie.then(|| state.tie_since.unwrap_or(now));
+        let asking_witness = self.witness.is_some()
+            && state
+                .tie_since
+                .is_some_and(|t| now.duration_since(t) < self.tie_grace);
+        if !quorum && !asking_witness {
             state.member_since = now;
         }
         quorum

@@ -27,6 +27,7 @@ pub mod responder;
 pub mod runtime;
 pub mod service_status;
 pub mod slim;
+pub mod witness;
 
 pub use arp::{ArpReply, ArpRequest};
 pub use election::{Candidate, ElectionKey, NodeName};

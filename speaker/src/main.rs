@@ -48,6 +48,11 @@ struct Args {
     /// Name of the membership key Secret (key `secretkey`).
     #[arg(long, default_value = "herald-memberlist")]
     secret_name: String,
+    /// Lease (in the Secret's namespace) that breaks a tie, when exactly half the speakers
+    /// are heard (a two-node cluster losing one). Read and written only during a tie. Empty:
+    /// no witness, a tie never announces.
+    #[arg(long, default_value = "herald-speaker-witness")]
+    witness_lease: String,
     /// Gratuitous announcements sent on gaining an IP. The burst spans more than a second
     /// because Linux ignores a neighbour update for `locktime` (1 s) after the last one.
     #[arg(long, default_value_t = 6)]
@@ -100,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 .then(|| Duration::from_secs(args.gratuitous_refresh_s)),
         },
         interface_scan: Duration::from_secs(5),
+        witness_lease: Some(args.witness_lease).filter(|n| !n.is_empty()),
     };
     tracing::info!(?settings, "starting herald-speaker");
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));

@@ -13,7 +13,7 @@
 //!
 //! The table is pure: the caller passes the time in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -237,6 +237,17 @@ impl Membership {
             .count()
     }
 
+    /// The names behind [`Membership::heard_within`]: ourselves and every live peer heard
+    /// from within `window`.
+    pub fn heard_set(&self, window: Duration, now: Instant) -> BTreeSet<NodeName> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.leaving && now.saturating_duration_since(p.last_heard) < window)
+            .map(|(n, _)| n.clone())
+            .chain(std::iter::once(self.me.clone()))
+            .collect()
+    }
+
     /// Live members (ourselves included), with the moment each became a member.
     pub fn alive(&self, now: Instant) -> Vec<(NodeName, Instant)> {
         let mut out: Vec<(NodeName, Instant)> = self
@@ -276,6 +287,20 @@ pub fn has_quorum(known: usize, heard: usize) -> bool {
     known > 0 && heard * 2 > known
 }
 
+/// Exactly half the known speakers are heard: neither side of an even split is a majority.
+pub fn is_tie(known: usize, heard: usize) -> bool {
+    known > 0 && heard * 2 == known
+}
+
+/// The whole self-fencing rule (DESIGN.md): announce while a strict majority is heard, or in a
+/// tie while the holder of the witness Lease is among those heard. Only one side of a split can
+/// hear the holder, so only one side announces; a two-node cluster's survivor announces once it
+/// holds the witness.
+pub fn may_announce(known: usize, heard: &BTreeSet<NodeName>, witness: Option<&NodeName>) -> bool {
+    has_quorum(known, heard.len())
+        || (is_tie(known, heard.len()) && witness.is_some_and(|w| heard.contains(w)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +318,51 @@ mod tests {
     }
 
     const KEY: &[u8] = b"lab-key";
+
+    fn names(list: &[&str]) -> BTreeSet<NodeName> {
+        list.iter().map(|n| NodeName::new(*n)).collect()
+    }
+
+    #[test]
+    fn the_witness_breaks_only_ties_and_only_for_the_side_that_hears_it() {
+        let a = NodeName::new("a");
+        let c = NodeName::new("c");
+        // Majority: the witness does not matter.
+        assert!(may_announce(3, &names(&["a", "b"]), None));
+        // Minority: the witness does not help.
+        assert!(!may_announce(3, &names(&["a"]), Some(&a)));
+        assert!(!may_announce(5, &names(&["a", "b"]), Some(&a)));
+        // Two nodes, one heard: only the holder announces.
+        assert!(may_announce(2, &names(&["a"]), Some(&a)));
+        assert!(!may_announce(2, &names(&["b"]), Some(&a)));
+        assert!(!may_announce(2, &names(&["a"]), None));
+        // Four nodes split 2/2: the side with the holder.
+        assert!(may_announce(4, &names(&["a", "b"]), Some(&a)));
+        assert!(!may_announce(4, &names(&["c", "d"]), Some(&a)));
+        assert!(may_announce(4, &names(&["c", "d"]), Some(&c)));
+        // Nothing known: never.
+        assert!(!may_announce(0, &names(&["a"]), Some(&a)));
+        assert!(is_tie(2, 1) && is_tie(4, 2) && !is_tie(3, 1) && !is_tie(0, 0));
+    }
+
+    proptest! {
+        /// Whatever the split, two disjoint sides never both may announce (the holder is one
+        /// node, heard by at most one side).
+        #[test]
+        fn two_disjoint_sides_never_both_announce(
+            (known, side_a, side_b) in (2usize..10)
+                .prop_flat_map(|k| (Just(k), 1..k))
+                .prop_flat_map(|(k, a)| (Just(k), Just(a), 1..=k - a)),
+            holder in proptest::option::of(0usize..10),
+        ) {
+            let a: BTreeSet<NodeName> = (0..side_a).map(|i| NodeName::new(format!("n{i}"))).collect();
+            let b: BTreeSet<NodeName> =
+                (side_a..side_a + side_b).map(|i| NodeName::new(format!("n{i}"))).collect();
+            let witness = holder.map(|h| NodeName::new(format!("n{h}")));
+            prop_assert!(!(may_announce(known, &a, witness.as_ref())
+                && may_announce(known, &b, witness.as_ref())));
+        }
+    }
 
     #[test]
     fn seal_and_open() {

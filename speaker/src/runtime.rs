@@ -33,6 +33,7 @@ use crate::metrics::{IpLabels, Metrics};
 use crate::ndp;
 use crate::packet_socket::{PacketSocket, Protocol};
 use crate::responder::{self, AnswerSnapshot, ConflictSeen};
+use crate::witness::{Witness, WitnessSettings};
 use crate::{service_status, slim};
 use kube::runtime::events::{Recorder, Reporter};
 
@@ -60,6 +61,9 @@ pub struct SpeakerSettings {
     pub gratuitous: GratuitousSettings,
     /// How often interfaces are re-read.
     pub interface_scan: Duration,
+    /// Name of the witness Lease (in the Secret's namespace) that breaks ties; `None`: ties
+    /// never announce.
+    pub witness_lease: Option<String>,
 }
 
 /// The key in the Secret's data.
@@ -133,6 +137,8 @@ struct Speaker {
     conflicts_tx: mpsc::Sender<ConflictSeen>,
     started: Instant,
     had_quorum: bool,
+    /// The live members the last election used.
+    elected_alive: BTreeSet<NodeName>,
     client: Client,
     recorder: Recorder,
     status_writes: Arc<Semaphore>,
@@ -271,6 +277,7 @@ impl Speaker {
         self.had_quorum = quorum;
         self.metrics.quorum.set(i64::from(quorum));
         self.metrics.members.set(alive.len() as i64);
+        self.elected_alive = alive.keys().cloned().collect();
 
         let pools: Vec<PoolInfo> = self
             .stores
@@ -664,6 +671,14 @@ pub async fn run(
     );
     let mut changes = futures::stream::select_all([s1, s2, s3, s4, s5, s6]);
 
+    let witness = settings.witness_lease.as_ref().map(|name| {
+        Witness::new(WitnessSettings::new(
+            name.clone(),
+            settings.secret.0.clone(),
+            settings.node.clone(),
+        ))
+    });
+    let witness_task = witness.clone().map(|w| tokio::spawn(w.run(client.clone())));
     let heartbeats = Arc::new(
         Heartbeats::bind(
             HeartbeatSettings {
@@ -680,6 +695,7 @@ pub async fn run(
             nodes.clone(),
             secrets,
             metrics.clone(),
+            witness.clone(),
         )
         .await?,
     );
@@ -712,6 +728,7 @@ pub async fn run(
         conflicts_tx,
         started: now,
         had_quorum: false,
+        elected_alive: BTreeSet::new(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -739,10 +756,15 @@ pub async fn run(
         };
 
     let mut last_election = Instant::now();
+    // Silences already judged up to here (see the expiry arm).
+    let mut expiries_checked = last_election;
     loop {
         // Deadlines are taken from the last election, not from now: one that passes while
         // another event is handled must still fire (at once), or the election never re-runs.
-        let expiry = heartbeats.lock().membership.next_expiry(last_election);
+        let expiry = heartbeats
+            .lock()
+            .membership
+            .next_expiry(last_election.max(expiries_checked));
         let hold_change = speaker.hold.next_change(last_election);
         let due = speaker.announcer.next_due();
         let mut dirty = false;
@@ -762,7 +784,20 @@ pub async fn run(
                 while let Some(Some(())) = link_events.next().now_or_never() {}
                 dirty = speaker.scan_interfaces();
             }
-            _ = sleep_until(expiry) => { dirty = true; }
+            _ = sleep_until(expiry) => {
+                // The earliest possible silence; usually the peer was heard meanwhile. Only a
+                // member actually gone re-runs the election (not every dead_after at idle).
+                let now = Instant::now();
+                let alive: BTreeSet<NodeName> = heartbeats
+                    .lock()
+                    .membership
+                    .alive(now)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                dirty = alive != speaker.elected_alive;
+                expiries_checked = now;
+            }
             _ = sleep_until(hold_change) => { dirty = true; }
             _ = sleep_until(due) => {
                 speaker.send_due().await;
@@ -782,6 +817,12 @@ pub async fn run(
     heartbeat_task.abort();
     speaker.announcer.set_owned(BTreeMap::new(), Instant::now());
     speaker.publish_answers();
+    if let Some(w) = &witness {
+        if let Some(task) = witness_task {
+            task.abort();
+        }
+        w.release(client.clone(), Duration::from_millis(500)).await;
+    }
     for _ in 0..3 {
         heartbeats.send(true).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
