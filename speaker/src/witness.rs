@@ -2,8 +2,8 @@
 //! speakers are heard, only the side that hears the Lease's holder announces. A two-node
 //! cluster's survivor fails over through it; a 2/2 split of four nodes picks one side.
 //!
-//! The Lease is contended only during a tie: outside one this task makes no API request at all,
-//! so normal operation writes nothing. During a tie each speaker reads it every retry period and
+//! The Lease is contended only during a tie: outside one this task makes no API request at all
+//! (a holder gives it back once when the tie ends), so normal operation writes nothing. During a tie each speaker reads it every retry period and
 //! takes it when it is free or expired (judged like client-go, on the local clock from when the
 //! record last changed: `herald_config::lease`).
 //!
@@ -173,7 +173,10 @@ impl Witness {
         let mut contended = self.contended.subscribe();
         loop {
             if !*contended.borrow_and_update() {
-                // Not in a tie: no API traffic at all.
+                // The tie is over: a holder gives the Lease back (one write), so the next tie
+                // (the other node dying) is broken at once rather than after expiry. Otherwise
+                // no API traffic at all.
+                self.give_up(&api).await;
                 if contended.changed().await.is_err() {
                     return;
                 }
@@ -189,33 +192,43 @@ impl Witness {
         }
     }
 
-    /// On shutdown: gives the Lease up if this speaker holds it, so the other side of a tie
-    /// takes over at once rather than after expiry. Bounded by `timeout`.
-    pub async fn release(&self, client: Client, timeout: Duration) {
+    /// Gives the Lease up if this speaker holds it (no request otherwise).
+    async fn give_up(&self, api: &Api<Lease>) {
         if self.holder(Instant::now()).as_ref() != Some(&self.settings.identity) {
             return;
         }
+        // Stop relying on it first: from here on this speaker does not count as the holder.
         self.rely_on(None, Instant::now());
-        let api: Api<Lease> = Api::namespaced(client, &self.settings.namespace);
-        let name = self.settings.name.clone();
-        let me = self.settings.identity.as_str().to_string();
-        let release = async move {
-            let mut lease = api.get_opt(&name).await?.unwrap_or_default();
+        let name = &self.settings.name;
+        let me = self.settings.identity.as_str();
+        let released = async {
+            let mut lease = api.get_opt(name).await?.unwrap_or_default();
             let Some(spec) = lease.spec.as_mut() else {
                 return Ok(());
             };
-            if spec.holder_identity.as_deref() != Some(me.as_str()) {
+            if spec.holder_identity.as_deref() != Some(me) {
                 return Ok(());
             }
             spec.holder_identity = None;
-            api.replace(&name, &PostParams::default(), &lease)
+            api.replace(name, &PostParams::default(), &lease)
                 .await
                 .map(|_| ())
         };
-        match tokio::time::timeout(timeout, release).await {
-            Ok(Ok(())) => tracing::info!("witness Lease released"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "witness Lease not released"),
-            Err(_) => tracing::warn!("witness Lease not released in time"),
+        match released.await {
+            Ok(()) => tracing::info!("witness Lease released"),
+            Err(e) => tracing::warn!(error = %e, "witness Lease not released; it expires"),
+        }
+    }
+
+    /// On shutdown: gives the Lease up if this speaker holds it, so the other side of a tie
+    /// takes over at once rather than after expiry. Bounded by `timeout`.
+    pub async fn release(&self, client: Client, timeout: Duration) {
+        let api: Api<Lease> = Api::namespaced(client, &self.settings.namespace);
+        if tokio::time::timeout(timeout, self.give_up(&api))
+            .await
+            .is_err()
+        {
+            tracing::warn!("witness Lease not released in time");
         }
     }
 }

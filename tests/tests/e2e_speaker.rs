@@ -909,3 +909,169 @@ async fn a_shared_ip_has_one_owner_for_all_its_services() -> anyhow::Result<()> 
         }
     )
 }
+
+/// Waits until exactly one node other than `not` announces `ip`, for up to `limit`.
+async fn another_announcer(
+    lab: &Lab,
+    ip: &str,
+    not: &str,
+    limit: Duration,
+) -> anyhow::Result<Node> {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < limit {
+        last = announcers(lab, ip).await?;
+        if let [one] = last.as_slice()
+            && one.name != not
+        {
+            return Ok(one.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{ip}: no single announcer other than {not} after {limit:?}: {:?}",
+        last.iter().map(|n| &n.name).collect::<Vec<_>>()
+    )
+}
+
+/// Drops membership traffic in and out of `node` (the LAN and the API stay reachable).
+async fn cut_gossip(node: &Node) -> anyhow::Result<()> {
+    let rules = "table inet herald_cut { \
+                 chain cut_in { type filter hook input priority -10; udp dport 7947 drop; }; \
+                 chain cut_out { type filter hook output priority -10; udp dport 7947 drop; }; }";
+    run("ip", &["netns", "exec", &node.name, "nft", rules]).await?;
+    Ok(())
+}
+
+async fn heal_gossip(node: &Node) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &node.name,
+            "nft",
+            "delete table inet herald_cut",
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A two-node cluster (the third Node object deleted, its speaker stopped): one node alone is
+/// only half, a tie, which the witness Lease breaks. A gossip-only cut between the two leaves
+/// exactly one MAC answering (the holder's side); killing the owner's speaker lets the
+/// survivor take over through the witness.
+#[tokio::test]
+async fn two_node_cluster_breaks_ties_with_the_witness_lease() -> anyhow::Result<()> {
+    e2e!(
+        "two_node_witness",
+        "192.0.2.134/32",
+        "2001:db8::134/128",
+        |lab, case| {
+            use k8s_openapi::api::core::v1::Node as NodeObject;
+            let nodes = lab.nodes()?;
+            ensure!(nodes.len() >= 3, "needs the three-node lab");
+            let third = nodes[2].clone();
+            let pair = [nodes[0].clone(), nodes[1].clone()];
+            case.service("web", false, "Cluster").await?;
+            case.endpoints("web", &pair.iter().collect::<Vec<_>>())
+                .await?;
+            let ip = case.ips("web", 1).await?.remove(0);
+            one_announcer(&lab, &ip, None).await?;
+
+            let node_api: Api<NodeObject> = Api::all(case.client.clone());
+            let saved = node_api.get(&third.name).await?;
+            speakers(&lab, "stop", &third).await?;
+            node_api
+                .delete(&third.name, &DeleteParams::default())
+                .await?;
+            let mut killed: Option<Node> = None;
+            let mut cut: Option<Node> = None;
+            let result = async {
+                // Two Nodes, both speakers heard: a majority; one owner as before.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let owner = one_announcer(&lab, &ip, None).await?;
+                ensure!(
+                    pair.iter().any(|n| n.name == owner.name),
+                    "owner {}",
+                    owner.name
+                );
+
+                // Gossip-only cut: both sides see a tie; only the witness holder's answers.
+                cut_gossip(&owner).await?;
+                cut = Some(owner.clone());
+                let during = never_two_macs(&lab, &ip, Duration::from_secs(4)).await?;
+                let holder_side = one_announcer(&lab, &ip, None).await?;
+                ensure!(
+                    during.contains(&holder_side.mac.to_lowercase()),
+                    "during the cut: {during:?}, announcer {}",
+                    holder_side.name
+                );
+                eprintln!(
+                    "gossip cut in a two-node cluster: only {} answered",
+                    holder_side.name
+                );
+                heal_gossip(&owner).await?;
+                cut = None;
+                never_two_macs(&lab, &ip, Duration::from_secs(4)).await?;
+
+                // The owner's speaker killed: the survivor is half the cluster and takes over
+                // once it holds the witness (at once if free, else after its 10 s expiry).
+                let owner = one_announcer(&lab, &ip, None).await?;
+                speakers(&lab, "kill", &owner).await?;
+                killed = Some(owner.clone());
+                let faulted = Instant::now();
+                let survivor =
+                    another_announcer(&lab, &ip, &owner.name, Duration::from_secs(20)).await?;
+                eprintln!(
+                    "two-node SIGKILL: {ip} moved from {} to {} in {:?}",
+                    owner.name,
+                    survivor.name,
+                    faulted.elapsed()
+                );
+                ensure!(
+                    arping_once(&lab, &ip).await? == BTreeSet::from([survivor.mac.to_lowercase()])
+                );
+                let reply = fetch_eventually(&lab, &url(&ip)).await?;
+                ensure!(reply.node.starts_with("hl-node"));
+                Ok(())
+            }
+            .await;
+            if let Some(node) = cut {
+                heal_gossip(&node).await?;
+            }
+            if let Some(node) = killed {
+                speakers(&lab, "start", &node).await?;
+            }
+            // The third Node comes back as the lab made it, then its speaker.
+            let restored = NodeObject {
+                metadata: kube::api::ObjectMeta {
+                    name: saved.metadata.name.clone(),
+                    labels: saved.metadata.labels.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            for _ in 0..50 {
+                match node_api.create(&PostParams::default(), &restored).await {
+                    Ok(_) => break,
+                    // Still being deleted.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            node_api
+                .patch_status(
+                    &third.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": saved.status})),
+                )
+                .await?;
+            speakers(&lab, "start", &third).await?;
+            result
+        }
+    )
+}
