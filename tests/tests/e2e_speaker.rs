@@ -568,13 +568,7 @@ async fn partition(test: &str, v4: &str, v6: &str, gossip_only: bool) -> anyhow:
         let switch = lab.var("HERALD_SWITCH_NS")?.to_string();
         let cut = async {
             if gossip_only {
-                // Membership traffic dropped both ways; the LAN and the API stay reachable.
-                let rules = "table inet herald_cut { \
-                             chain cut_in { type filter hook input priority -10; udp dport 7947 drop; }; \
-                             chain cut_out { type filter hook output priority -10; udp dport 7947 drop; }; }";
-                run("ip", &["netns", "exec", &owner.name, "nft", rules])
-                    .await
-                    .map(|_| ())
+                cut_gossip(&owner).await
             } else {
                 run("ip", &["-n", &switch, "link", "set", &port, "down"])
                     .await
@@ -583,18 +577,7 @@ async fn partition(test: &str, v4: &str, v6: &str, gossip_only: bool) -> anyhow:
         };
         let heal = async {
             if gossip_only {
-                run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &owner.name,
-                        "nft",
-                        "delete table inet herald_cut",
-                    ],
-                )
-                .await
-                .map(|_| ())
+                heal_gossip(&owner).await
             } else {
                 run("ip", &["-n", &switch, "link", "set", &port, "up"])
                     .await
