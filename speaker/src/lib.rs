@@ -16,6 +16,7 @@ pub mod cluster_view;
 pub mod election;
 pub mod eligibility;
 pub mod frame;
+pub mod handover;
 pub mod heartbeats;
 pub mod interfaces;
 pub mod link_events;

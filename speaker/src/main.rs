@@ -48,6 +48,11 @@ struct Args {
     /// Name of the membership key Secret (key `secretkey`).
     #[arg(long, default_value = "herald-memberlist")]
     secret_name: String,
+    /// Milliseconds a node waits before announcing an IP it takes from a live owner (a
+    /// hand-back after a hold-down, a configuration change), so the two never answer together.
+    /// IPs of a dead or leaving owner are taken at once.
+    #[arg(long, default_value_t = 200)]
+    handover_delay_ms: u64,
     /// Lease (in the Secret's namespace) that breaks a tie, when exactly half the speakers
     /// are heard (a two-node cluster losing one). Read and written only during a tie. Empty:
     /// no witness, a tie never announces.
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
                 .then(|| Duration::from_secs(args.gratuitous_refresh_s)),
         },
         interface_scan: Duration::from_secs(5),
+        handover_delay: Duration::from_millis(args.handover_delay_ms),
         witness_lease: Some(args.witness_lease).filter(|n| !n.is_empty()),
     };
     tracing::info!(?settings, "starting herald-speaker");

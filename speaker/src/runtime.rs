@@ -26,6 +26,7 @@ use crate::cluster_view::{
 use crate::election::NodeName;
 use crate::eligibility::{HoldDown, Liveness, TrafficPolicy};
 use crate::frame::{Frame, Message};
+use crate::handover::Handover;
 use crate::heartbeats::{HeartbeatSettings, Heartbeats, MembershipState};
 use crate::interfaces::{self, InterfaceState};
 use crate::membership::Membership;
@@ -61,6 +62,8 @@ pub struct SpeakerSettings {
     pub gratuitous: GratuitousSettings,
     /// How often interfaces are re-read.
     pub interface_scan: Duration,
+    /// A node taking an IP from a live owner announces it this much later (break before make).
+    pub handover_delay: Duration,
     /// Name of the witness Lease (in the Secret's namespace) that breaks ties; `None`: ties
     /// never announce.
     pub witness_lease: Option<String>,
@@ -129,6 +132,7 @@ struct Speaker {
     stores: Stores,
     heartbeats: Arc<Heartbeats>,
     hold: HoldDown,
+    handover: Handover,
     announcer: Announcer,
     interfaces: Vec<InterfaceState>,
     sockets: BTreeMap<String, Sockets>,
@@ -312,14 +316,21 @@ impl Speaker {
                 now,
             },
         };
-        let elected: Vec<Ownership> = if quorum {
-            view.elect()
-                .into_iter()
-                .filter(|o| o.owner.as_ref() == Some(&self.settings.node))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let all: Vec<Ownership> = if quorum { view.elect() } else { Vec::new() };
+        let owners: BTreeMap<IpAddr, Option<NodeName>> =
+            all.iter().map(|o| (o.ip, o.owner.clone())).collect();
+        let announcing: BTreeSet<IpAddr> = self.announcer.owned().copied().collect();
+        let admitted = self.handover.admit(
+            &self.settings.node,
+            &owners,
+            &self.elected_alive,
+            &announcing,
+            now,
+        );
+        let elected: Vec<Ownership> = all
+            .into_iter()
+            .filter(|o| admitted.contains(&o.ip))
+            .collect();
         let mine: BTreeMap<IpAddr, Vec<String>> = elected
             .iter()
             .map(|o| (o.ip, o.interfaces.clone()))
@@ -711,6 +722,7 @@ pub async fn run(
     let mut speaker = Speaker {
         class: ServedClass(settings.class.clone()),
         hold: HoldDown::new(settings.hold_down),
+        handover: Handover::new(settings.handover_delay),
         announcer: Announcer::new(settings.gratuitous),
         settings,
         metrics: metrics.clone(),
@@ -766,6 +778,7 @@ pub async fn run(
             .membership
             .next_expiry(last_election.max(expiries_checked));
         let hold_change = speaker.hold.next_change(last_election);
+        let handover_due = speaker.handover.next_due();
         let due = speaker.announcer.next_due();
         let mut dirty = false;
         tokio::select! {
@@ -799,6 +812,7 @@ pub async fn run(
                 expiries_checked = now;
             }
             _ = sleep_until(hold_change) => { dirty = true; }
+            _ = sleep_until(handover_due) => { dirty = true; }
             _ = sleep_until(due) => {
                 speaker.send_due().await;
             }
