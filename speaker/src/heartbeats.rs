@@ -7,7 +7,6 @@
 //! The liveness table itself is pure (`membership.rs`); this module only moves datagrams and
 //! tells the main loop when something election-relevant changed.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +37,17 @@ pub struct MembershipState {
     pub links: Vec<String>,
     /// Since when exactly half the known speakers are heard, if they are.
     pub tie_since: Option<Instant>,
+}
+
+/// The self-fencing verdict and the counts behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quorum {
+    /// This speaker may announce.
+    pub may_announce: bool,
+    /// Speakers known to exist.
+    pub known: usize,
+    /// Speakers heard recently, this one included.
+    pub heard: usize,
 }
 
 /// The heartbeat sender and receiver.
@@ -155,7 +165,7 @@ impl Heartbeats {
     /// Whether this speaker may announce (it has the key, and hears a strict majority or, in
     /// a tie, the witness's holder). While it may not, its membership age restarts — except
     /// for a short grace in a tie, while the witness is asked.
-    pub fn judge_quorum(&self, state: &mut MembershipState, now: Instant) -> bool {
+    pub fn judge_quorum(&self, state: &mut MembershipState, now: Instant) -> Quorum {
         let heard = state.membership.heard_set(self.withdraw_after, now);
         let known = self.known_speakers();
         let keyed = self.key().is_some();
@@ -173,13 +183,16 @@ impl Heartbeats {
         if !quorum && !asking_witness {
             state.member_since = now;
         }
-        quorum
+        Quorum {
+            may_announce: quorum,
+            known,
+            heard: heard.len(),
+        }
     }
 
     fn heartbeat(&self, leaving: bool) -> Heartbeat {
         let now = Instant::now();
-        let mut state = self.lock();
-        self.judge_quorum(&mut state, now);
+        let state = self.lock();
         Heartbeat {
             node: state.membership.me().as_str().to_string(),
             incarnation: self.incarnation,
@@ -242,28 +255,26 @@ impl Heartbeats {
     }
 
     /// Sends every `interval` and receives until dropped; notifies `changed` when a member
-    /// joins, leaves, goes silent or changes links, or when quorum turns.
+    /// joins, leaves or changes links, or when quorum turns. (A member going silent is the
+    /// main loop's own timer, `Membership::next_expiry`.)
     pub async fn run(self: Arc<Self>, interval: Duration, changed: mpsc::Sender<()>) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut datagram = vec![0u8; membership::MAX_DATAGRAM + 1];
-        let mut last: Option<(BTreeSet<NodeName>, bool)> = None;
+        let mut last_quorum: Option<bool> = None;
         loop {
             let mut dirty = false;
             tokio::select! {
                 _ = tick.tick() => {
-                    self.send(false).await;
-                    let now = Instant::now();
-                    let seen = {
+                    // Judged before sending: the heartbeat carries the membership age it sets.
+                    let quorum = {
                         let mut state = self.lock();
-                        let quorum = self.judge_quorum(&mut state, now);
-                        let alive: BTreeSet<NodeName> =
-                            state.membership.alive(now).into_iter().map(|(n, _)| n).collect();
-                        (alive, quorum)
+                        self.judge_quorum(&mut state, Instant::now()).may_announce
                     };
+                    self.send(false).await;
                     self.metrics.set_ready(self.key().is_some());
-                    dirty = last.as_ref() != Some(&seen);
-                    last = Some(seen);
+                    dirty = last_quorum != Some(quorum);
+                    last_quorum = Some(quorum);
                 }
                 received = self.socket.recv_from(&mut datagram) => {
                     if let Ok((n, _)) = received {

@@ -177,7 +177,6 @@ impl Membership {
             Some(p) if (hb.incarnation, hb.seq) <= (p.incarnation, p.seq) => Err(Rejection::Stale),
             Some(p) => {
                 let links_changed = p.links != hb.links;
-                let restarted = hb.incarnation != p.incarnation;
                 p.incarnation = hb.incarnation;
                 p.seq = hb.seq;
                 p.last_heard = now;
@@ -185,7 +184,6 @@ impl Membership {
                 p.links = hb.links;
                 // The sender says how long it has been a member (it restarts the count while it
                 // lacks quorum), so every speaker times its hold-down from the same moment.
-                let _ = restarted;
                 p.member_since = since;
                 Ok(if hb.leaving {
                     Change::Left
@@ -230,11 +228,7 @@ impl Membership {
 
     /// Live peers heard from within `window`, plus ourselves.
     pub fn heard_within(&self, window: Duration, now: Instant) -> usize {
-        1 + self
-            .peers
-            .values()
-            .filter(|p| !p.leaving && now.saturating_duration_since(p.last_heard) < window)
-            .count()
+        self.heard_set(window, now).len()
     }
 
     /// The names behind [`Membership::heard_within`]: ourselves and every live peer heard

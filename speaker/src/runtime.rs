@@ -27,7 +27,7 @@ use crate::election::NodeName;
 use crate::eligibility::{HoldDown, Liveness, TrafficPolicy};
 use crate::frame::{Frame, Message};
 use crate::handover::Handover;
-use crate::heartbeats::{HeartbeatSettings, Heartbeats, MembershipState};
+use crate::heartbeats::{HeartbeatSettings, Heartbeats, MembershipState, Quorum};
 use crate::interfaces::{self, InterfaceState};
 use crate::membership::Membership;
 use crate::metrics::{IpLabels, Metrics};
@@ -249,7 +249,11 @@ impl Speaker {
             .collect();
         // A copy (O(nodes)): the heartbeat task keeps receiving while the election runs.
         let (
-            quorum,
+            Quorum {
+                may_announce: quorum,
+                known,
+                heard,
+            },
             MembershipState {
                 membership,
                 member_since,
@@ -263,8 +267,6 @@ impl Speaker {
             (quorum, state.clone())
         };
         let alive: BTreeMap<NodeName, Instant> = membership.alive(now).into_iter().collect();
-        let known = nodes.len();
-        let heard = membership.heard_within(self.settings.withdraw_after, now);
         for name in nodes.keys() {
             // Every node's hold-down runs from the membership age it reports itself, so all
             // speakers agree on who is held down.
@@ -483,6 +485,7 @@ impl Speaker {
             .filter(|i| i.usable() && (i.default_candidate() || named.contains(&i.name)))
             .map(|i| (i.name.clone(), i.index))
             .collect();
+        let listening: Vec<String> = self.sockets.keys().cloned().collect();
         self.sockets.retain(|name, _| wanted.contains_key(name));
         for (name, index) in wanted {
             if self.sockets.contains_key(&name) {
@@ -524,9 +527,11 @@ impl Speaker {
         }
         if changed {
             self.sync_multicast();
+            self.heartbeats.lock().links = self.my_links();
         }
-        self.heartbeats.lock().links = self.my_links();
-        self.publish_answers();
+        if changed || !self.sockets.keys().eq(listening.iter()) {
+            self.publish_answers();
+        }
         changed
     }
 
