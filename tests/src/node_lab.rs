@@ -251,3 +251,21 @@ pub async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The `/metrics` text of the speaker running in node namespace `node_ns` (1 s at most).
+pub async fn speaker_metrics(node_ns: &str) -> anyhow::Result<String> {
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            node_ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "1",
+            "http://127.0.0.1:7473/metrics",
+        ],
+    )
+    .await
+}

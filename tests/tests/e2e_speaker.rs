@@ -202,21 +202,7 @@ async fn announcers(lab: &Lab, ip: &str) -> anyhow::Result<Vec<Node>> {
     let mut out = Vec::new();
     let needle = format!("herald_speaker_announced{{ip=\"{ip}\"}} 1");
     for node in lab.nodes()? {
-        let metrics = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node.name,
-                "curl",
-                "-s",
-                "--max-time",
-                "1",
-                "http://127.0.0.1:7473/metrics",
-            ],
-        )
-        .await
-        .unwrap_or_default();
+        let metrics = speaker_metrics(&node.name).await.unwrap_or_default();
         if metrics.contains(&needle) {
             out.push(node);
         }
@@ -656,18 +642,7 @@ for f in frames:
             )
             .await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let metrics = run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &owner.name,
-                    "curl",
-                    "-s",
-                    "http://127.0.0.1:7473/metrics",
-                ],
-            )
-            .await?;
+            let metrics = speaker_metrics(&owner.name).await?;
             let dropped: u64 = metrics
                 .lines()
                 .filter(|l| l.starts_with("herald_speaker_frames_dropped_total"))
@@ -695,18 +670,7 @@ for _ in range(20):
             )
             .await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let metrics = run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &owner.name,
-                    "curl",
-                    "-s",
-                    "http://127.0.0.1:7473/metrics",
-                ],
-            )
-            .await?;
+            let metrics = speaker_metrics(&owner.name).await?;
             for reason in ["bad_tag", "bad_version"] {
                 ensure!(
                     metrics.contains(&format!(

@@ -10,14 +10,24 @@ use herald_tests::{TestEnv, init_tracing};
 use kube::api::DeleteParams;
 use kube::runtime::events::{Recorder, Reporter};
 
-fn recorder(env: &TestEnv) -> Recorder {
-    Recorder::new(
+/// What the speaker does when it wins `key`: write the condition for the Service with `uid`.
+async fn announce(env: &TestEnv, key: &ServiceKey, uid: &str, message: &str) {
+    let recorder = Recorder::new(
         env.client.clone(),
         Reporter {
             controller: FIELD_MANAGER.into(),
             instance: None,
         },
+    );
+    service_status::announce(
+        env.client.clone(),
+        recorder,
+        key.clone(),
+        uid.to_string(),
+        "hl-node2".into(),
+        message.to_string(),
     )
+    .await;
 }
 
 #[tokio::test]
@@ -35,15 +45,7 @@ async fn the_announced_condition_is_written_only_to_the_service_it_was_meant_for
         .uid
         .clone()
         .expect("a created Service has a UID");
-    service_status::announce(
-        env.client.clone(),
-        recorder(&env),
-        key.clone(),
-        first_uid.clone(),
-        "hl-node2".into(),
-        message.clone(),
-    )
-    .await;
+    announce(&env, &key, &first_uid, &message).await;
     let svc = env.services().get("web").await?;
     assert_eq!(
         service_status::current(&svc).as_deref(),
@@ -60,15 +62,7 @@ async fn the_announced_condition_is_written_only_to_the_service_it_was_meant_for
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    service_status::announce(
-        env.client.clone(),
-        recorder(&env),
-        key.clone(),
-        first_uid.clone(),
-        "hl-node2".into(),
-        message.clone(),
-    )
-    .await;
+    announce(&env, &key, &first_uid, &message).await;
     assert!(
         env.services().get_opt("web").await?.is_none(),
         "a condition write recreated a deleted Service"
@@ -77,15 +71,7 @@ async fn the_announced_condition_is_written_only_to_the_service_it_was_meant_for
     // Recreated under the same name: the old owner's write does not touch the new Service.
     let second = env.apply_service("web", &[], |_| {}).await?;
     assert_ne!(second.metadata.uid.as_deref(), Some(first_uid.as_str()));
-    service_status::announce(
-        env.client.clone(),
-        recorder(&env),
-        key,
-        first_uid,
-        "hl-node2".into(),
-        message,
-    )
-    .await;
+    announce(&env, &key, &first_uid, &message).await;
     let svc = env.services().get("web").await?;
     assert_eq!(
         service_status::current(&svc),

@@ -69,7 +69,7 @@ use futures::StreamExt;
 use herald_speaker::arp::ArpRequest;
 use herald_speaker::frame::{EthernetHeader, Frame, MacAddr, Message};
 use herald_speaker::packet_socket::{PacketSocket, Protocol};
-use herald_tests::node_lab::{Lab, Node, is_root, run as cmd};
+use herald_tests::node_lab::{Lab, Node, is_root, run as cmd, speaker_metrics};
 use herald_tests::rand_u32;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -693,21 +693,7 @@ impl Bench {
     }
 
     async fn speaker_view(&self, i: usize) -> Option<SpeakerView> {
-        let text = cmd(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.node_ns[i],
-                "curl",
-                "-s",
-                "--max-time",
-                "1",
-                "http://127.0.0.1:7473/metrics",
-            ],
-        )
-        .await
-        .ok()?;
+        let text = speaker_metrics(&self.node_ns[i]).await.ok()?;
         text.contains("herald_speaker_members")
             .then(|| SpeakerView::parse(&text))
     }
