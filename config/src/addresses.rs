@@ -125,6 +125,54 @@ pub enum AddressError {
         /// The entry as written.
         entry: String,
     },
+    /// The entry holds addresses that are never a load balancer's.
+    #[error("{entry:?} holds {kind} addresses ({block}), which are never handed out")]
+    Reserved {
+        /// The entry as written.
+        entry: String,
+        /// What they are: multicast, broadcast, loopback, link-local, unspecified.
+        kind: &'static str,
+        /// The block they belong to.
+        block: &'static str,
+    },
+}
+
+/// Addresses no LoadBalancer Service may have: a host answering ARP or NDP for them would
+/// break its own or its neighbours' networking. The CRD's schema refuses entries that are or
+/// contain them (see `pool::RESERVED_RULE`); ranges that span one are refused here.
+pub const RESERVED: &[(&str, &str)] = &[
+    ("0.0.0.0/32", "unspecified"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+impl IpRange {
+    /// The first reserved block the range touches, as (block, kind).
+    pub fn reserved(&self) -> Option<(&'static str, &'static str)> {
+        RESERVED
+            .iter()
+            .copied()
+            .find(|(block, _)| IpRange::parse(block).is_ok_and(|b| b.intersection(self).is_some()))
+    }
+
+    /// Parses an entry and refuses one that holds reserved addresses ([`RESERVED`]).
+    pub fn parse_usable(entry: &str) -> Result<IpRange, AddressError> {
+        let range = IpRange::parse(entry)?;
+        match range.reserved() {
+            None => Ok(range),
+            Some((block, kind)) => Err(AddressError::Reserved {
+                entry: entry.to_string(),
+                kind,
+                block,
+            }),
+        }
+    }
 }
 
 impl IpRange {
@@ -320,6 +368,46 @@ mod tests {
         let r = IpRange::parse("192.0.2.1-192.0.2.254").unwrap();
         assert_eq!(buggy_count_v4(r.start(), r.end()), 0);
         assert_eq!(buggy_count_v4(0, 0), 1);
+    }
+
+    #[test]
+    fn reserved_addresses_are_refused_naming_what_they_are() {
+        for (entry, kind) in [
+            ("224.0.0.1", "multicast"),
+            ("239.0.0.0/8", "multicast"),
+            ("223.255.255.250-224.0.0.5", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("255.255.255.0/24", "broadcast"),
+            ("127.0.0.1", "loopback"),
+            ("126.0.0.0/7", "loopback"),
+            ("169.254.1.1", "link-local"),
+            ("0.0.0.0", "unspecified"),
+            ("0.0.0.0/0", "unspecified"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("fe80::1-fe80::9", "link-local"),
+            ("ff02::1", "multicast"),
+        ] {
+            match IpRange::parse_usable(entry) {
+                Err(AddressError::Reserved { kind: k, .. }) => assert_eq!(k, kind, "{entry}"),
+                other => panic!("{entry}: {other:?}"),
+            }
+        }
+        for entry in [
+            "192.0.2.0/24",
+            "198.51.100.1-198.51.100.9",
+            "2001:db8::/64",
+            "203.0.113.255",
+        ] {
+            assert!(IpRange::parse_usable(entry).is_ok(), "{entry}");
+        }
+        let msg = IpRange::parse_usable("224.0.0.0/24")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "\"224.0.0.0/24\" holds multicast addresses (224.0.0.0/4), which are never handed out"
+        );
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! which pool a Service may use. No I/O lives here.
 
 pub mod addresses;
+pub mod announcement;
 pub mod l2advertisement;
 pub mod lease;
 pub mod pool;
@@ -9,6 +10,7 @@ pub mod selection;
 pub mod service;
 
 pub use addresses::{AddressError, Family, IpRange};
+pub use announcement::{L2Announcements, NodeL2Status};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
 pub use selection::{Labels, PoolPolicy};

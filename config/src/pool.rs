@@ -124,6 +124,25 @@ pub const ADDRESS_ENTRY_RULE: &str = "isCIDR(self) || isIP(self) || (self.split(
 /// The refusal message, naming the offending entry.
 pub const ADDRESS_ENTRY_MESSAGE: &str = "'\\'' + self + '\\' must be a CIDR (192.0.2.0/28), a range of one family (192.0.2.10-192.0.2.20) or a single IP'";
 
+/// The CEL rule that refuses an entry holding reserved addresses (`addresses::RESERVED`:
+/// multicast, broadcast, loopback, link-local, unspecified): an IP or a range end that is one
+/// (CEL's `isGlobalUnicast` is false for exactly these), a CIDR whose network address is one or
+/// that contains one of the blocks. Checked only once the entry is well-formed (the rule
+/// above says what is wrong otherwise). A range that spans a block without ending in it cannot
+/// be told in CEL; the controller reports it in the `Valid` condition.
+pub const RESERVED_RULE: &str = "!(isCIDR(self) || isIP(self) || (self.split('-').size() == 2 \
+     && isIP(self.split('-')[0].trim()) && isIP(self.split('-')[1].trim()))) \
+     || (isIP(self) ? ip(self).isGlobalUnicast() \
+     : isCIDR(self) ? (cidr(self).masked().ip().isGlobalUnicast() \
+       && (cidr(self).ip().family() == 4 \
+         ? ['127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/4', '255.255.255.255/32'] \
+         : ['::1/128', 'fe80::/10', 'ff00::/8']).all(b, !cidr(self).containsCIDR(b))) \
+     : (ip(self.split('-')[0].trim()).isGlobalUnicast() \
+       && ip(self.split('-')[1].trim()).isGlobalUnicast()))";
+
+/// The refusal message of [`RESERVED_RULE`], naming the offending entry.
+pub const RESERVED_MESSAGE: &str = "'\\'' + self + '\\' holds multicast, broadcast, loopback, link-local or unspecified addresses, which are never handed out'";
+
 fn address_list_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
@@ -136,6 +155,10 @@ fn address_list_schema(_: &mut SchemaGenerator) -> Schema {
                 "rule": ADDRESS_ENTRY_RULE,
                 "message": "must be a CIDR (192.0.2.0/28), a range of one family (192.0.2.10-192.0.2.20) or a single IP",
                 "messageExpression": ADDRESS_ENTRY_MESSAGE,
+            }, {
+                "rule": RESERVED_RULE,
+                "message": "holds multicast, broadcast, loopback, link-local or unspecified addresses, which are never handed out",
+                "messageExpression": RESERVED_MESSAGE,
             }],
         },
     })

@@ -61,12 +61,13 @@ impl PoolPolicy {
         let mut invalid = Vec::new();
         let mut ranges = Vec::new();
         for (i, entry) in spec.addresses.iter().enumerate() {
-            match IpRange::parse(entry) {
+            match IpRange::parse_usable(entry) {
                 Ok(r) => ranges.push(r),
                 Err(
                     e @ (AddressError::Malformed { .. }
                     | AddressError::MixedFamilies { .. }
-                    | AddressError::Reversed { .. }),
+                    | AddressError::Reversed { .. }
+                    | AddressError::Reserved { .. }),
                 ) => {
                     invalid.push(format!("spec.addresses[{i}]: {e}"));
                 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use serde::{Deserialize, Serialize};
 
 use crate::addresses::Family;
@@ -46,6 +46,19 @@ impl ServiceKey {
             svc.metadata.namespace.clone()?,
             svc.metadata.name.clone()?,
         ))
+    }
+
+    /// The reference Events about this Service carry; with its UID, an Event never lands on
+    /// a Service recreated under the same name.
+    pub fn object_reference(&self, uid: Option<String>) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            uid,
+            ..ObjectReference::default()
+        }
     }
 }
 
@@ -407,27 +420,17 @@ pub fn parse_request(svc: &Service) -> Result<ServiceRequest, ServiceInputError>
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ServicePort as K8sPort, ServiceSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(annotations: &[(&str, &str)], spec: ServiceSpec) -> Service {
-        Service {
-            metadata: ObjectMeta {
-                name: Some("web".into()),
-                namespace: Some("shop".into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(ServiceSpec {
-                type_: Some("LoadBalancer".into()),
-                ..spec
-            }),
-            status: None,
-        }
+        herald_fixtures::service("shop", "web")
+            .annotations(annotations)
+            .spec_with(|s| {
+                *s = ServiceSpec {
+                    type_: Some("LoadBalancer".into()),
+                    ..spec
+                }
+            })
+            .build()
     }
 
     fn lb() -> ServiceSpec {

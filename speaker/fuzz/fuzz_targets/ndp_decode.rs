@@ -7,7 +7,7 @@
 
 use std::net::Ipv6Addr;
 
-use herald_speaker::{Frame, Message, ndp};
+use herald_speaker::wire::{Frame, Message, ndp};
 use libfuzzer_sys::fuzz_target;
 
 /// The solicited-node MAC of ::1:0:100, a locally administered unicast source, ethertype IPv6.
@@ -27,13 +27,13 @@ fuzz_target!(|data: &[u8]| {
         let source = Ipv6Addr::from(<[u8; 16]>::try_from(&data[..16]).unwrap());
         let destination = Ipv6Addr::from(<[u8; 16]>::try_from(&data[16..32]).unwrap());
         let icmp = &data[33..];
-        match ndp::decode_icmpv6(source, destination, data[32], icmp) {
+        match ndp::decode_icmpv6::<Message>(source, destination, data[32], icmp) {
             Ok(Message::NeighborSolicitation(ns)) => {
-                let again = ndp::decode_icmpv6(source, destination, 255, &ns.to_icmpv6_bytes());
+                let again = ndp::decode_icmpv6::<Message>(source, destination, 255, &ns.to_icmpv6_bytes());
                 assert_eq!(again, Ok(Message::NeighborSolicitation(ns)));
             }
             Ok(Message::NeighborAdvertisement(na)) => {
-                let again = ndp::decode_icmpv6(source, destination, 255, &na.to_icmpv6_bytes());
+                let again = ndp::decode_icmpv6::<Message>(source, destination, 255, &na.to_icmpv6_bytes());
                 assert_eq!(again, Ok(Message::NeighborAdvertisement(na)));
             }
             Ok(other) => panic!("ICMPv6 decoded as {other:?}"),
