@@ -2,6 +2,11 @@
 //!
 //! Pure and synchronous. The Service status is the source of truth; this is rebuilt from it
 //! whenever the controller becomes leader (see `index.rs`).
+//!
+//! An IP taken away from a Service is not free until the Service's status, as the watch shows
+//! it, no longer holds it ([`Allocator::observe`]): until then it is *draining*, and nobody else
+//! is given it. So a write that takes an IP away and fails never lets the write that would give
+//! the IP to another Service be made: two Services never show one IP, even briefly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -80,6 +85,14 @@ pub enum AllocationError {
     /// The assignment no longer fits what the Service asks for.
     #[error("{0}")]
     Mismatch(String),
+    /// The IP is a Node's address: answering ARP or NDP for it would take the node's traffic.
+    #[error("IP {ip} is node {node}'s InternalIP address and is never assigned")]
+    NodeAddress {
+        /// The IP.
+        ip: IpAddr,
+        /// The node.
+        node: String,
+    },
 }
 
 impl AllocationError {
@@ -95,6 +108,7 @@ impl AllocationError {
             AllocationError::InUse { .. } => "in_use",
             AllocationError::Exhausted { .. } => "exhausted",
             AllocationError::Mismatch(_) => "mismatch",
+            AllocationError::NodeAddress { .. } => "node_address",
         }
     }
 }
@@ -173,13 +187,22 @@ impl PoolState {
     }
 }
 
-/// Who holds one IP.
+/// Who holds one IP, and who still shows it.
 #[derive(Clone, Debug)]
 struct IpUse {
     pool: Option<String>,
     sharing_key: Option<String>,
     backend: BackendKey,
     holders: BTreeMap<ServiceKey, Vec<ServicePort>>,
+    /// Services whose status shows the IP though they do not hold it (it was taken away and
+    /// the write has not been seen to land, or it was never theirs): nobody else gets it.
+    draining: BTreeSet<ServiceKey>,
+}
+
+impl IpUse {
+    fn unused(&self) -> bool {
+        self.holders.is_empty() && self.draining.is_empty()
+    }
 }
 
 /// The allocation state of the whole cluster.
@@ -190,27 +213,45 @@ pub struct Allocator {
     services: HashMap<ServiceKey, Vec<IpAddr>>,
     /// IPs held under each (pool, sharing key), so a sharer finds its partner without a scan.
     shared: HashMap<(String, String), BTreeSet<IpAddr>>,
+    /// The IPs each Service's status shows, as last observed.
+    shown: HashMap<ServiceKey, Vec<IpAddr>>,
+    /// The Nodes' addresses, by IP: never handed out.
+    node_addresses: BTreeMap<IpAddr, String>,
 }
 
-fn sharing_refusal(existing: &IpUse, key: &ServiceKey, request: &ServiceRequest) -> Option<String> {
+/// Why `key` may not take (or share) the IP `existing` describes: one Service in the way, and
+/// the reason.
+fn sharing_refusal(
+    existing: &IpUse,
+    key: &ServiceKey,
+    request: &ServiceRequest,
+) -> Option<(ServiceKey, String)> {
+    if !existing.holders.contains_key(key)
+        && let Some(other) = existing.draining.iter().find(|k| *k != key)
+    {
+        return Some((
+            other.clone(),
+            "its status still shows the IP until the write that takes it away is seen to land"
+                .into(),
+        ));
+    }
     let others: Vec<(&ServiceKey, &Vec<ServicePort>)> =
         existing.holders.iter().filter(|(k, _)| *k != key).collect();
-    if others.is_empty() {
-        return None;
-    }
+    let (first, _) = *others.first()?;
+    let refuse = |reason: String| Some((first.clone(), reason));
     match (&existing.sharing_key, &request.sharing_key) {
         (Some(a), Some(b)) if a == b => {}
-        (Some(a), Some(b)) => return Some(format!("sharing keys differ ({a:?} vs {b:?})")),
-        _ => return Some("both Services need the same allow-shared-ip annotation".into()),
+        (Some(a), Some(b)) => return refuse(format!("sharing keys differ ({a:?} vs {b:?})")),
+        _ => return refuse("both Services need the same allow-shared-ip annotation".into()),
     }
     if existing.backend != request.backend {
-        return Some(
+        return refuse(
             "externalTrafficPolicy Local needs the same policy and selector on every sharer".into(),
         );
     }
     for (other, ports) in others {
         if let Some(p) = ports.iter().find(|p| request.ports.contains(p)) {
-            return Some(format!(
+            return refuse(format!(
                 "port {}/{} is also used by {other}",
                 p.port, p.protocol
             ));
@@ -223,6 +264,24 @@ impl Allocator {
     /// An allocator with no pools and no holders.
     pub fn new() -> Allocator {
         Allocator::default()
+    }
+
+    /// Records the Nodes' addresses (IP → node), which are never handed out; takes effect at
+    /// the next [`Allocator::set_pools`].
+    pub fn set_node_addresses(&mut self, addresses: BTreeMap<IpAddr, String>) {
+        self.node_addresses = addresses;
+    }
+
+    /// The Nodes' addresses a pool declares, as (IP, node).
+    pub fn node_addresses_in(&self, pool: &str) -> Vec<(IpAddr, &str)> {
+        let Some(p) = self.pools.get(pool) else {
+            return Vec::new();
+        };
+        self.node_addresses
+            .iter()
+            .filter(|(ip, _)| p.declared[family_index(Family::of(**ip))].contains(ip_to_u128(**ip)))
+            .map(|(ip, node)| (*ip, node.as_str()))
+            .collect()
     }
 
     /// Replaces the pools. Held IPs stay held (the index decides whether they are still valid);
@@ -289,6 +348,9 @@ impl Allocator {
             }
         }
         for p in pools.values_mut() {
+            for ip in self.node_addresses.keys() {
+                p.usable[family_index(Family::of(*ip))].remove(ip_to_u128(*ip));
+            }
             p.free = p.usable.clone();
         }
         self.pools = pools;
@@ -418,14 +480,19 @@ impl Allocator {
             }
         }
         for ip in ips {
+            if let Some(node) = self.node_addresses.get(ip) {
+                return Err(AllocationError::NodeAddress {
+                    ip: *ip,
+                    node: node.clone(),
+                });
+            }
             self.fitting_pool(ctx, *ip)?;
             if let Some(u) = self.ips.get(ip)
-                && let Some(reason) = sharing_refusal(u, ctx.key, ctx.request)
+                && let Some((holder, reason)) = sharing_refusal(u, ctx.key, ctx.request)
             {
-                let holder = u.holders.keys().find(|k| *k != ctx.key).cloned();
                 return Err(AllocationError::InUse {
                     ip: *ip,
-                    holder: holder.unwrap_or_else(|| ctx.key.clone()),
+                    holder,
                     reason,
                 });
             }
@@ -501,24 +568,22 @@ impl Allocator {
                 .fitting_pool(ctx, ip)
                 .ok()
                 .or_else(|| self.declaring_pool(ip).map(str::to_string));
-            self.take_from_pool(pool.as_deref(), ip);
-            if let (Some(pool), Some(key)) = (&pool, &ctx.request.sharing_key) {
-                self.shared
-                    .entry((pool.clone(), key.clone()))
-                    .or_default()
-                    .insert(ip);
-            }
-            self.ips.insert(
-                ip,
-                IpUse {
-                    pool,
-                    sharing_key: ctx.request.sharing_key.clone(),
-                    backend: ctx.request.backend.clone(),
-                    holders: BTreeMap::new(),
-                },
-            );
+            self.take(pool, ip);
         }
         if let Some(u) = self.ips.get_mut(&ip) {
+            // The first holder (of a new IP, or of one only its own status still showed) sets
+            // the terms on which others may share it.
+            if u.holders.is_empty() {
+                u.sharing_key = ctx.request.sharing_key.clone();
+                u.backend = ctx.request.backend.clone();
+                if let (Some(pool), Some(key)) = (&u.pool, &u.sharing_key) {
+                    self.shared
+                        .entry((pool.clone(), key.clone()))
+                        .or_default()
+                        .insert(ip);
+                }
+            }
+            u.draining.remove(ctx.key);
             u.holders.insert(ctx.key.clone(), ctx.request.ports.clone());
         }
         let held = self.services.entry(ctx.key.clone()).or_default();
@@ -527,42 +592,103 @@ impl Allocator {
         }
     }
 
-    /// Frees every IP the Service holds; returns those no other Service holds any more.
+    /// Takes `ip` out of `pool`'s free addresses, held by nobody yet.
+    fn take(&mut self, pool: Option<String>, ip: IpAddr) {
+        self.take_from_pool(pool.as_deref(), ip);
+        self.ips.insert(
+            ip,
+            IpUse {
+                pool,
+                sharing_key: None,
+                backend: BackendKey::default(),
+                holders: BTreeMap::new(),
+                draining: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// Takes every IP the Service holds away from it; returns those now free. An IP its status
+    /// still shows drains instead (see [`Allocator::observe`]).
     pub fn release(&mut self, key: &ServiceKey) -> Vec<IpAddr> {
         let Some(ips) = self.services.remove(key) else {
             return Vec::new();
         };
+        let shown = self.shown.get(key).cloned().unwrap_or_default();
         let mut freed = Vec::new();
         for ip in ips {
             let Some(u) = self.ips.get_mut(&ip) else {
                 continue;
             };
             u.holders.remove(key);
-            if !u.holders.is_empty() {
-                continue;
+            if shown.contains(&ip) {
+                u.draining.insert(key.clone());
             }
-            let u = self
-                .ips
-                .remove(&ip)
-                .unwrap_or_else(|| unreachable!("present above"));
-            if let Some(pool) = &u.pool {
-                if let Some(key) = &u.sharing_key
-                    && let Some(set) = self.shared.get_mut(&(pool.clone(), key.clone()))
-                {
-                    set.remove(&ip);
-                    if set.is_empty() {
-                        self.shared.remove(&(pool.clone(), key.clone()));
-                    }
-                }
-                if let Some(p) = self.pools.get_mut(pool) {
-                    let fi = family_index(Family::of(ip));
-                    p.assigned[fi] = p.assigned[fi].saturating_sub(1);
-                    if p.usable[fi].contains(ip_to_u128(ip)) {
-                        p.free[fi].insert(ip_to_u128(ip));
+            if u.holders.is_empty() {
+                // Nobody shares under its key any more.
+                if let (Some(pool), Some(sharing)) = (&u.pool, u.sharing_key.take()) {
+                    let slot = (pool.clone(), sharing);
+                    if let Some(set) = self.shared.get_mut(&slot) {
+                        set.remove(&ip);
+                        if set.is_empty() {
+                            self.shared.remove(&slot);
+                        }
                     }
                 }
             }
-            freed.push(ip);
+            if self.free_if_unused(ip) {
+                freed.push(ip);
+            }
+        }
+        freed
+    }
+
+    /// Returns `ip` to its pool when nobody holds or shows it any more.
+    fn free_if_unused(&mut self, ip: IpAddr) -> bool {
+        if !self.ips.get(&ip).is_some_and(IpUse::unused) {
+            return false;
+        }
+        let Some(u) = self.ips.remove(&ip) else {
+            return false;
+        };
+        if let Some(p) = u.pool.as_ref().and_then(|pool| self.pools.get_mut(pool)) {
+            let fi = family_index(Family::of(ip));
+            p.assigned[fi] = p.assigned[fi].saturating_sub(1);
+            if p.usable[fi].contains(ip_to_u128(ip)) {
+                p.free[fi].insert(ip_to_u128(ip));
+            }
+        }
+        true
+    }
+
+    /// Records what a Service's status shows now (empty: nothing, or the Service is gone).
+    /// An IP it shows without holding is kept from everyone else until its status no longer
+    /// shows it; returns the IPs this frees.
+    pub fn observe(&mut self, key: &ServiceKey, ips: &[IpAddr]) -> Vec<IpAddr> {
+        let before = if ips.is_empty() {
+            self.shown.remove(key)
+        } else {
+            self.shown.insert(key.clone(), ips.to_vec())
+        }
+        .unwrap_or_default();
+        let mut freed = Vec::new();
+        for ip in before.iter().filter(|ip| !ips.contains(ip)) {
+            if let Some(u) = self.ips.get_mut(ip)
+                && u.draining.remove(key)
+                && self.free_if_unused(*ip)
+            {
+                freed.push(*ip);
+            }
+        }
+        for ip in ips.iter().filter(|ip| !before.contains(ip)) {
+            if !self.ips.contains_key(ip) {
+                let pool = self.declaring_pool(*ip).map(str::to_string);
+                self.take(pool, *ip);
+            }
+            if let Some(u) = self.ips.get_mut(ip)
+                && !u.holders.contains_key(key)
+            {
+                u.draining.insert(key.clone());
+            }
         }
         freed
     }

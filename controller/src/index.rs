@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use herald_config::Family;
-use herald_config::pool::{
-    CONDITION_OVERLAPPING, CONDITION_VALID, IPAddressPool, IPAddressPoolSpec,
-};
+use herald_config::announcement::{self, Claim, L2Announcements};
+use herald_config::pool::{IPAddressPool, IPAddressPoolSpec};
 use herald_config::selection::{Labels, PoolPolicy};
 use herald_config::service::{
     FamilyPolicy, ServedClass, ServiceInputError, ServiceKey, ServiceRequest, is_ours,
@@ -22,7 +21,8 @@ use herald_config::service::{
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::allocator::{AllocationError, Allocator, ServiceContext};
+use crate::allocator::{Allocator, ServiceContext};
+use crate::writer::StatusWrite;
 
 /// Event reasons, as MetalLB users know them.
 pub mod reasons {
@@ -40,6 +40,10 @@ pub mod reasons {
     pub const POOL_OVERLAP: &str = "PoolOverlap";
     /// A pool has entries that cannot be used.
     pub const INVALID_ADDRESSES: &str = "InvalidAddresses";
+    /// A pool declares a Node's address, which is never handed out.
+    pub const NODE_ADDRESS_IN_POOL: &str = "NodeAddressInPool";
+    /// The node announcing a Service changed (mirrored from the speakers' reports).
+    pub const ANNOUNCER_CHANGED: &str = herald_config::announcement::EVENT_CHANGED;
 }
 
 /// What an Event is about.
@@ -72,20 +76,17 @@ pub struct EventRecord {
     pub reason: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// The Node the Event is also about (the announcing node): Events about different
+    /// nodes are kept apart instead of aggregating into one series.
+    pub node: Option<String>,
 }
 
 /// What the writer must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Set `status.loadBalancer.ingress` of a Service to exactly these IPs (empty clears it).
-    WriteIngress {
-        /// The Service.
-        key: ServiceKey,
-        /// The IPs, in the Service's family order.
-        ips: Vec<IpAddr>,
-        /// The write takes IPs away (it must land before IPs are given to others).
-        shrinks: bool,
-    },
+    /// Write a Service's status (its ingress IPs, its Announced condition), on the object the
+    /// decision was made for.
+    WriteStatus(StatusWrite),
     /// Publish an Event.
     Event(EventRecord),
     /// Count an allocation failure (for metrics).
@@ -102,6 +103,8 @@ enum Ownership {
 #[derive(Clone, Debug)]
 struct ServiceView {
     uid: Option<String>,
+    /// The `resourceVersion` last observed: writes are made on it.
+    resource_version: Option<String>,
     created: Option<Timestamp>,
     labels: Labels,
     ownership: Ownership,
@@ -110,6 +113,10 @@ struct ServiceView {
     status_ips: Vec<IpAddr>,
     /// What we last wrote and have not seen echoed by the watch yet.
     written: Option<Vec<IpAddr>>,
+    /// The message of the `herald.dev/Announced` condition as last observed.
+    announced: Option<String>,
+    /// The Announced message we last wrote and have not seen echoed yet.
+    announced_written: Option<String>,
     /// Last problem event (reason, message), so a failing Service is not re-announced on every
     /// reconcile (MetalLB #800 showed one event ×1342).
     last_problem: Option<(&'static str, String)>,
@@ -126,23 +133,7 @@ struct PoolView {
     policy: PoolPolicy,
     reported_overlap: String,
     reported_invalid: String,
-}
-
-/// A pool's computed status, before timestamps are attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolReport {
-    /// Pool name.
-    pub name: String,
-    /// Generation the report is based on.
-    pub generation: Option<i64>,
-    /// Held / free / usable counts per family (IPv4, IPv6).
-    pub assigned: [u128; 2],
-    /// Free per family.
-    pub available: [u128; 2],
-    /// Usable per family.
-    pub total: [u128; 2],
-    /// (type, status, reason, message) for each condition.
-    pub conditions: Vec<(&'static str, bool, &'static str, String)>,
+    reported_node_addresses: String,
 }
 
 /// The controller's view of the cluster.
@@ -151,6 +142,8 @@ pub struct ControllerIndex {
     class: ServedClass,
     services: HashMap<ServiceKey, ServiceView>,
     namespaces: HashMap<String, Labels>,
+    /// Each Node's InternalIP addresses.
+    nodes: BTreeMap<String, Vec<IpAddr>>,
     pools: BTreeMap<String, PoolView>,
     allocator: Allocator,
     active: bool,
@@ -158,6 +151,10 @@ pub struct ControllerIndex {
     pending: BTreeSet<ServiceKey>,
     pools_changed: bool,
     pool_events: Vec<Action>,
+    /// Each node's report of what it announces, by IP: who announces is the latest claim.
+    claims: HashMap<IpAddr, BTreeMap<String, Claim>>,
+    /// The IPs each node's report claims.
+    claimed_by: HashMap<String, Vec<IpAddr>>,
 }
 
 fn join_ips(ips: &[IpAddr]) -> String {
@@ -174,6 +171,7 @@ impl ControllerIndex {
             class,
             services: HashMap::new(),
             namespaces: HashMap::new(),
+            nodes: BTreeMap::new(),
             pools: BTreeMap::new(),
             allocator: Allocator::new(),
             active: false,
@@ -181,6 +179,8 @@ impl ControllerIndex {
             pending: BTreeSet::new(),
             pools_changed: false,
             pool_events: Vec::new(),
+            claims: HashMap::new(),
+            claimed_by: HashMap::new(),
         }
     }
 
@@ -202,24 +202,40 @@ impl ControllerIndex {
             Ownership::NotLoadBalancer
         };
         let status_ips = status_ips(svc);
+        if self.active {
+            let freed = self.allocator.observe(&key, &status_ips);
+            self.freed(freed);
+        }
+        let announced = announcement::current(svc);
         let previous = self.services.remove(&key);
-        let (written, last_problem, deprecated_reported) = match previous {
+        let (written, announced_written, last_problem, deprecated_reported) = match previous {
             Some(p) => {
                 let written = p.written.filter(|w| *w != status_ips);
-                (written, p.last_problem, p.deprecated_reported)
+                let announced_written = p
+                    .announced_written
+                    .filter(|w| Some(w) != announced.as_ref());
+                (
+                    written,
+                    announced_written,
+                    p.last_problem,
+                    p.deprecated_reported,
+                )
             }
-            None => (None, None, false),
+            None => (None, None, None, false),
         };
         self.services.insert(
             key.clone(),
             ServiceView {
                 uid: svc.metadata.uid.clone(),
+                resource_version: svc.metadata.resource_version.clone(),
                 created: svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 labels: svc.metadata.labels.clone().unwrap_or_default(),
                 request: parse_request(svc),
                 ownership,
                 status_ips,
                 written,
+                announced,
+                announced_written,
                 last_problem,
                 deprecated_reported,
                 adopt_error: None,
@@ -231,12 +247,21 @@ impl ControllerIndex {
     /// Records that a Service is gone.
     pub fn delete_service(&mut self, key: &ServiceKey) {
         self.services.remove(key);
+        if self.active {
+            let freed = self.allocator.observe(key, &[]);
+            self.freed(freed);
+        }
         self.dirty.insert(key.clone());
     }
 
-    /// Forgets every Service (a watch restarted with a fresh list).
+    /// Every Service known (a relist deletes those it no longer lists).
     pub fn service_keys(&self) -> Vec<ServiceKey> {
         self.services.keys().cloned().collect()
+    }
+
+    /// Every namespace known (a relist deletes those it no longer lists).
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces.keys().cloned().collect()
     }
 
     /// Records a namespace's labels.
@@ -269,6 +294,25 @@ impl ControllerIndex {
         self.dirty.extend(keys);
     }
 
+    /// Records a Node's InternalIP addresses (`None`: the Node is gone). Pool addresses equal
+    /// to a Node's are never handed out; a change re-checks every Service.
+    pub fn apply_node(&mut self, name: &str, addresses: Option<Vec<IpAddr>>) {
+        let changed = match addresses {
+            Some(ips) if !ips.is_empty() => {
+                self.nodes.insert(name.to_string(), ips.clone()) != Some(ips)
+            }
+            _ => self.nodes.remove(name).is_some(),
+        };
+        if changed {
+            self.pools_changed = true;
+        }
+    }
+
+    /// Every Node known (a relist deletes those it no longer lists).
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
     /// Records a pool. Status-only updates (our own writes) change nothing.
     pub fn apply_pool(&mut self, pool: &IPAddressPool) {
         let Some(name) = pool.metadata.name.clone() else {
@@ -280,10 +324,16 @@ impl ControllerIndex {
                 return;
             }
         }
-        let (reported_overlap, reported_invalid) = self
+        let (reported_overlap, reported_invalid, reported_node_addresses) = self
             .pools
             .remove(&name)
-            .map(|p| (p.reported_overlap, p.reported_invalid))
+            .map(|p| {
+                (
+                    p.reported_overlap,
+                    p.reported_invalid,
+                    p.reported_node_addresses,
+                )
+            })
             .unwrap_or_default();
         self.pools.insert(
             name.clone(),
@@ -294,6 +344,7 @@ impl ControllerIndex {
                 spec: pool.spec.clone(),
                 reported_overlap,
                 reported_invalid,
+                reported_node_addresses,
             },
         );
         self.pools_changed = true;
@@ -318,6 +369,7 @@ impl ControllerIndex {
         self.pending.clear();
         for view in self.services.values_mut() {
             view.written = None;
+            view.announced_written = None;
         }
     }
 
@@ -338,6 +390,11 @@ impl ControllerIndex {
         holders.sort();
         for (_, key) in holders {
             self.adopt(&key);
+        }
+        // What a status shows without being held (not adopted, or never ours) is given to
+        // nobody else until that status is cleared.
+        for (key, view) in &self.services {
+            self.allocator.observe(key, &view.status_ips);
         }
         self.dirty.extend(self.services.keys().cloned());
         self.reconcile()
@@ -381,6 +438,12 @@ impl ControllerIndex {
             return;
         }
         self.pools_changed = false;
+        self.allocator.set_node_addresses(
+            self.nodes
+                .iter()
+                .flat_map(|(node, ips)| ips.iter().map(move |ip| (*ip, node.clone())))
+                .collect(),
+        );
         self.allocator
             .set_pools(self.pools.values().map(|p| p.policy.clone()).collect());
         // Any Service may be affected: holders are re-checked, pending ones retried.
@@ -403,9 +466,34 @@ impl ControllerIndex {
                         warning: true,
                         reason: reasons::POOL_OVERLAP,
                         message: format!("addresses {overlap} are never assigned"),
+                        node: None,
                     }));
                 }
                 pool.reported_overlap = overlap;
+            }
+            let node_addresses = self
+                .allocator
+                .node_addresses_in(name)
+                .iter()
+                .map(|(ip, node)| format!("{ip} (node {node})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if node_addresses != pool.reported_node_addresses {
+                if !node_addresses.is_empty() {
+                    self.pool_events.push(Action::Event(EventRecord {
+                        regarding: Regarding::Pool {
+                            name: name.clone(),
+                            uid: pool.uid.clone(),
+                        },
+                        warning: true,
+                        reason: reasons::NODE_ADDRESS_IN_POOL,
+                        message: format!(
+                            "addresses {node_addresses} are Nodes' InternalIP addresses and are never assigned"
+                        ),
+                        node: None,
+                    }));
+                }
+                pool.reported_node_addresses = node_addresses;
             }
             let invalid = pool.policy.invalid.join("; ");
             if invalid != pool.reported_invalid {
@@ -418,6 +506,7 @@ impl ControllerIndex {
                         warning: true,
                         reason: reasons::INVALID_ADDRESSES,
                         message: format!("ignored: {invalid}"),
+                        node: None,
                     }));
                 }
                 pool.reported_invalid = invalid;
@@ -449,310 +538,55 @@ impl ControllerIndex {
     pub fn write_failed(&mut self, key: &ServiceKey) {
         if let Some(view) = self.services.get_mut(key) {
             view.written = None;
+            view.announced_written = None;
             self.dirty.insert(key.clone());
         }
     }
 
-    fn freed(&mut self, freed: Vec<IpAddr>) {
-        if !freed.is_empty() {
-            self.dirty.extend(self.pending.iter().cloned());
-        }
-    }
-
-    fn reconcile_one(&mut self, key: &ServiceKey, actions: &mut Vec<Action>) {
-        let Some(view) = self.services.get(key) else {
-            self.pending.remove(key);
-            let freed = self.allocator.release(key);
-            self.freed(freed);
-            return;
-        };
-        match view.ownership {
-            Ownership::Ours => {}
-            Ownership::OtherClass => {
-                self.pending.remove(key);
-                let freed = self.allocator.release(key);
-                self.freed(freed);
-                return;
-            }
-            Ownership::NotLoadBalancer => {
-                self.pending.remove(key);
-                let freed = self.allocator.release(key);
-                let had_ours = !freed.is_empty()
-                    || view
-                        .status_ips
-                        .iter()
-                        .any(|ip| self.allocator.pool_of(*ip).is_some());
-                if had_ours && !view.status_ips.is_empty() {
-                    self.write(key, Vec::new(), actions);
-                }
-                self.freed(freed);
-                return;
-            }
-        }
-
-        if !view
-            .request
-            .as_ref()
-            .map_or(true, |r| r.deprecated_annotations.is_empty())
-            && !view.deprecated_reported
-        {
-            let keys = view
-                .request
-                .as_ref()
-                .map(|r| r.deprecated_annotations.join(", "))
-                .unwrap_or_default();
-            actions.push(self.event(
-                key,
-                true,
-                reasons::DEPRECATED_ANNOTATION,
-                format!("{keys}: the metallb.universe.tf/ prefix is deprecated; use herald.dev/ (or metallb.io/)"),
-            ));
-            if let Some(v) = self.services.get_mut(key) {
-                v.deprecated_reported = true;
-            }
-        }
-
-        let Some(view) = self.services.get(key) else {
-            return;
-        };
-        let request = match &view.request {
-            Ok(r) => r.clone(),
-            Err(e) => {
-                // Keep whatever it holds; tell the user what is wrong, once.
-                let message = e.to_string();
-                let held = self.allocator.ips_of(key).to_vec();
-                if !held.is_empty() {
-                    self.write(key, held, actions);
-                }
-                self.problem(key, reasons::INVALID_REQUEST, message, actions);
-                return;
-            }
-        };
-        let empty = Labels::new();
-        let namespace_labels = self
-            .namespaces
-            .get(&key.namespace)
-            .unwrap_or(&empty)
-            .clone();
-        let service_labels = view.labels.clone();
-        let status_ips = view.status_ips.clone();
-        let adopt_error = view.adopt_error.clone();
-        let ctx = ServiceContext {
-            key,
-            request: &request,
-            namespace_labels: &namespace_labels,
-            service_labels: &service_labels,
-        };
-
-        let held = self.allocator.ips_of(key).to_vec();
-        if !held.is_empty() {
-            match self.allocator.check(ctx, &held) {
-                Ok(()) => {
-                    self.pending.remove(key);
-                    // Re-hold so the allocator sees the Service's current ports and sharing key.
-                    self.allocator.assign(ctx, &held);
-                    let mut ips = held;
-                    if let Some(added) = self.allocator.extend(ctx) {
-                        ips.push(added);
-                        actions.push(self.event(
-                            key,
-                            false,
-                            reasons::IP_ALLOCATED,
-                            format!("Assigned IP [{}] (added {added})", join_ips(&ips)),
-                        ));
-                    }
-                    // PreferDualStack holding one family waits for the other like a pending
-                    // Service: it is retried whenever an IP is freed or a pool changes.
-                    let held_families: Vec<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
-                    if !request.families.is_complete(&held_families) {
-                        self.pending.insert(key.clone());
-                    }
-                    let ips = order_by_family(&ips, &request.families);
-                    self.write(key, ips, actions);
-                    self.clear_problem(key);
-                    return;
-                }
-                Err(e) => {
-                    let freed = self.allocator.release(key);
-                    actions.push(self.event(
-                        key,
-                        true,
-                        reasons::CLEAR_ASSIGNMENT,
-                        format!("clearing IP [{}]: {e}", join_ips(&held)),
-                    ));
-                    self.freed(freed);
+    /// Records what a node's speaker reports it announces (`None`: the report is gone).
+    /// Services whose IPs' announcer changes are decided again.
+    pub fn apply_node_report(&mut self, node: &str, report: Option<&L2Announcements>) {
+        let claims = report
+            .map(|r| announcement::claims_of(node, r))
+            .unwrap_or_default();
+        let before = self.claimed_by.remove(node).unwrap_or_default();
+        let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        for ip in before {
+            if let Some(by_node) = self.claims.get_mut(&ip) {
+                by_node.remove(node);
+                if by_node.is_empty() {
+                    self.claims.remove(&ip);
                 }
             }
-        } else if !status_ips.is_empty() {
-            // The status holds IPs we did not adopt (or someone else wrote): they are replaced.
-            let why = adopt_error.unwrap_or_else(|| "not assigned by this controller".into());
-            actions.push(self.event(
-                key,
-                true,
-                reasons::CLEAR_ASSIGNMENT,
-                format!("clearing IP [{}]: {why}", join_ips(&status_ips)),
-            ));
-            if let Some(v) = self.services.get_mut(key) {
-                v.adopt_error = None;
+            touched.insert(ip);
+        }
+        if !claims.is_empty() {
+            self.claimed_by
+                .insert(node.to_string(), claims.keys().copied().collect());
+        }
+        for (ip, claim) in claims {
+            let by_node = self.claims.entry(ip).or_default();
+            if by_node.get(node) == Some(&claim) {
+                touched.remove(&ip);
+            } else {
+                touched.insert(ip);
             }
+            by_node.insert(node.to_string(), claim);
         }
-
-        match self.allocator.allocate(ctx) {
-            Ok(ips) => {
-                let held_families: Vec<Family> = ips.iter().map(|ip| Family::of(*ip)).collect();
-                if request.families.is_complete(&held_families) {
-                    self.pending.remove(key);
-                } else {
-                    self.pending.insert(key.clone());
-                }
-                let ips = order_by_family(&ips, &request.families);
-                actions.push(self.event(
-                    key,
-                    false,
-                    reasons::IP_ALLOCATED,
-                    format!("Assigned IP [{}]", join_ips(&ips)),
-                ));
-                self.write(key, ips, actions);
-                self.clear_problem(key);
-            }
-            Err(e) => {
-                self.pending.insert(key.clone());
-                if !status_ips.is_empty() {
-                    self.write(key, Vec::new(), actions);
-                }
-                let label = e.metric_label();
-                if self.problem(
-                    key,
-                    reasons::ALLOCATION_FAILED,
-                    format!("Failed to allocate IP for {key}: {e}"),
-                    actions,
-                ) {
-                    actions.push(Action::CountFailure(label));
-                }
-                if matches!(e, AllocationError::Exhausted { .. }) {
-                    tracing::debug!(service = %key, "waiting for a free IP");
-                }
-            }
+        for ip in touched {
+            self.dirty
+                .extend(self.allocator.holders(ip).into_iter().cloned());
         }
     }
 
-    fn event(
-        &self,
-        key: &ServiceKey,
-        warning: bool,
-        reason: &'static str,
-        message: String,
-    ) -> Action {
-        Action::Event(EventRecord {
-            regarding: Regarding::Service {
-                key: key.clone(),
-                uid: self.services.get(key).and_then(|v| v.uid.clone()),
-            },
-            warning,
-            reason,
-            message,
-        })
+    /// Every node whose report is known (a relist deletes those it no longer lists).
+    pub fn reporting_nodes(&self) -> Vec<String> {
+        self.claimed_by.keys().cloned().collect()
     }
 
-    /// Emits a Warning once per distinct problem. Returns whether it was new.
-    fn problem(
-        &mut self,
-        key: &ServiceKey,
-        reason: &'static str,
-        message: String,
-        actions: &mut Vec<Action>,
-    ) -> bool {
-        let Some(view) = self.services.get(key) else {
-            return false;
-        };
-        if view.last_problem.as_ref() == Some(&(reason, message.clone())) {
-            return false;
-        }
-        actions.push(self.event(key, true, reason, message.clone()));
-        if let Some(view) = self.services.get_mut(key) {
-            view.last_problem = Some((reason, message));
-        }
-        true
-    }
-
-    fn clear_problem(&mut self, key: &ServiceKey) {
-        if let Some(view) = self.services.get_mut(key) {
-            view.last_problem = None;
-        }
-    }
-
-    fn write(&mut self, key: &ServiceKey, ips: Vec<IpAddr>, actions: &mut Vec<Action>) {
-        let Some(view) = self.services.get_mut(key) else {
-            return;
-        };
-        if view.written.as_ref() == Some(&ips) || (view.written.is_none() && view.status_ips == ips)
-        {
-            return;
-        }
-        let shrinks = view.status_ips.iter().any(|ip| !ips.contains(ip));
-        view.written = Some(ips.clone());
-        actions.push(Action::WriteIngress {
-            key: key.clone(),
-            ips,
-            shrinks,
-        });
-    }
-
-    /// Status of every pool, computed from the allocation (empty while inactive).
-    pub fn pool_reports(&self) -> Vec<PoolReport> {
-        if !self.active {
-            return Vec::new();
-        }
-        self.pools
-            .iter()
-            .map(|(name, pool)| {
-                let usage = self.allocator.usage(name);
-                let mut conditions = Vec::new();
-                if pool.policy.invalid.is_empty() {
-                    conditions.push((CONDITION_VALID, true, "AddressesValid", String::new()));
-                } else {
-                    conditions.push((
-                        CONDITION_VALID,
-                        false,
-                        "InvalidAddresses",
-                        format!("ignored: {}", pool.policy.invalid.join("; ")),
-                    ));
-                }
-                if pool.reported_overlap.is_empty() {
-                    conditions.push((CONDITION_OVERLAPPING, false, "NoOverlap", String::new()));
-                } else {
-                    conditions.push((
-                        CONDITION_OVERLAPPING,
-                        true,
-                        "OverlapsOtherPool",
-                        format!("addresses {} are never assigned", pool.reported_overlap),
-                    ));
-                }
-                PoolReport {
-                    name: name.clone(),
-                    generation: pool.generation,
-                    assigned: usage.assigned,
-                    available: usage.available,
-                    total: usage.total,
-                    conditions,
-                }
-            })
-            .collect()
-    }
-
-    /// The uid of a pool (for Events).
-    pub fn pool_uid(&self, name: &str) -> Option<String> {
-        self.pools.get(name).and_then(|p| p.uid.clone())
-    }
-
-    /// The IPs the allocation gives a Service (for tests and diagnostics).
-    pub fn assigned(&self, key: &ServiceKey) -> Vec<IpAddr> {
-        self.allocator.ips_of(key).to_vec()
-    }
-
-    /// Services waiting for an IP.
-    pub fn pending(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.pending.iter()
+    /// Who announces `ip`, if any node claims it.
+    pub fn announcer(&self, ip: IpAddr) -> Option<&Claim> {
+        announcement::announcer(self.claims.get(&ip)?.values())
     }
 }
 
@@ -780,5 +614,9 @@ fn order_by_family(ips: &[IpAddr], policy: &FamilyPolicy) -> Vec<IpAddr> {
     out
 }
 
+mod pool_report;
+mod reconcile;
 #[cfg(test)]
 mod tests;
+
+pub use pool_report::{PoolCondition, PoolReport};

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use herald_controller::leader::LeaseSettings;
-use herald_controller::metrics::{self, Metrics};
+use clap::{CommandFactory, Parser};
+use herald_controller::leader::{self, LeaseSettings};
+use herald_controller::metrics::Metrics;
 use herald_controller::runtime::{self, ControllerSettings};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use herald_support::telemetry::{self, LogFormat};
+use herald_support::{health, signals};
 
 /// Allocates external IPs from IPAddressPools into LoadBalancer Service status.
 #[derive(Parser, Debug)]
@@ -43,24 +43,21 @@ struct Args {
     /// Seconds between election attempts.
     #[arg(long, default_value_t = 2)]
     retry_period_seconds: u64,
+    /// Seconds after which any API request other than a watch is abandoned (a Lease request
+    /// abandoned counts as a failed renewal). Less than the renew deadline.
+    #[arg(long, default_value_t = 5)]
+    api_timeout_seconds: u64,
     /// Concurrent Service status writes.
-    #[arg(long, default_value_t = 32)]
-    write_concurrency: usize,
-    /// Log format: json or text.
-    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "json")]
-    log_format: String,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    write_concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
-}
+/// How long a connection may stay silent before it is dropped: longer than the 290 s a watch
+/// asks the API server to keep it open.
+const WATCH_SILENCE: Duration = Duration::from_secs(295);
 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -69,14 +66,8 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_logging(&args.log_format);
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
-    let metrics = Arc::new(Metrics::new());
+/// The settings the flags describe, or why they cannot work (before anything starts).
+fn settings(args: &Args) -> Result<ControllerSettings, leader::SettingsError> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let settings = ControllerSettings {
         class: args.load_balancer_class.clone(),
@@ -89,22 +80,37 @@ async fn main() -> anyhow::Result<()> {
             renew_deadline: Duration::from_secs(args.renew_deadline_seconds),
             retry_period: Duration::from_secs(args.retry_period_seconds),
         },
-        write_concurrency: args.write_concurrency,
+        api_timeout: Duration::from_secs(args.api_timeout_seconds),
+        write_concurrency: usize::from(args.write_concurrency),
         pool_status_interval: Duration::from_millis(500),
     };
+    settings.lease.validate(settings.api_timeout)?;
+    Ok(settings)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(settings) => settings,
+        Err(e) => Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
+    };
+    telemetry::init(args.log_format);
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    // Requests are bounded one by one (`--api-timeout-seconds`); a watch, which is idle for up
+    // to the 290 s the watcher asks the API server for, is bounded by this: a connection
+    // silent for longer is dropped and the watch starts over.
+    config.read_timeout = Some(WATCH_SILENCE);
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let metrics = Arc::new(Metrics::default());
     tracing::info!(?settings, "starting herald-controller");
 
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("shutting down");
-        let _ = shutdown_tx.send(true);
-    });
+    let server = tokio::spawn(health::serve(args.metrics_addr, metrics.clone()));
+    let shutdown_rx = signals::shutdown_flag().context("installing SIGTERM handler")?;
     runtime::run(client, settings, metrics, shutdown_rx).await;
     server.abort();
     Ok(())

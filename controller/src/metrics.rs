@@ -1,15 +1,9 @@
-//! Prometheus metrics of the controller, and the HTTP endpoints `/metrics`, `/healthz`,
-//! `/readyz`.
+//! Prometheus metrics of the controller; served by `herald_support::health` (`/metrics`,
+//! `/healthz`, `/readyz`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use herald_support::health::{Exposition, Liveness, Readiness, encode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -57,18 +51,25 @@ pub struct Metrics {
     pub leader: Gauge,
     /// API writes by kind and result.
     pub writes: Family<WriteLabels, Counter>,
-    ready: AtomicBool,
+    readiness: Readiness,
+    liveness: Liveness,
 }
 
 impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
+    /// Registers every metric under the `herald` prefix.
+    fn default() -> Metrics {
+        Metrics::with_liveness(STUCK_AFTER)
     }
 }
 
+/// How long the main loop may go without a turn before `/healthz` fails: it turns at least at
+/// every pool status tick, and rebuilding 10,000 Services takes a tenth of a second.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
 impl Metrics {
-    /// Registers every metric under the `herald` prefix.
-    pub fn new() -> Metrics {
+    /// As [`Metrics::default`], with `/healthz` failing after `stuck_after` without a main loop
+    /// turn.
+    pub fn with_liveness(stuck_after: Duration) -> Metrics {
         let mut registry = Registry::with_prefix("herald");
         let addresses_total = Family::<PoolLabels, Gauge>::default();
         let addresses_in_use = Family::<PoolLabels, Gauge>::default();
@@ -77,13 +78,25 @@ impl Metrics {
         let leader = Gauge::default();
         let writes = Family::<WriteLabels, Counter>::default();
         registry.register(
-            "allocator_addresses_total",
+            "allocator_addresses",
             "Usable addresses per pool and family (saturates at 2^63-1)",
             addresses_total.clone(),
         );
         registry.register(
-            "allocator_addresses_in_use_total",
+            "allocator_addresses_in_use",
             "Addresses held by Services per pool and family",
+            addresses_in_use.clone(),
+        );
+        // The names before Prometheus' conventions were followed (`_total` is for counters),
+        // kept for one release so dashboards and alerts can move: the same series, same values.
+        registry.register(
+            "allocator_addresses_total",
+            "Deprecated, removed in the next release: use herald_allocator_addresses",
+            addresses_total.clone(),
+        );
+        registry.register(
+            "allocator_addresses_in_use_total",
+            "Deprecated, removed in the next release: use herald_allocator_addresses_in_use",
             addresses_in_use.clone(),
         );
         registry.register(
@@ -114,13 +127,19 @@ impl Metrics {
             reconcile_duration,
             leader,
             writes,
-            ready: AtomicBool::new(false),
+            readiness: Readiness::new("caches not synced"),
+            liveness: Liveness::new(stuck_after),
         }
     }
 
     /// Marks the controller ready (caches synced).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.readiness.set(ready);
+    }
+
+    /// The main loop turned.
+    pub fn beat(&self) {
+        self.liveness.beat();
     }
 
     /// Counts one API write.
@@ -135,11 +154,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "metrics encoding failed");
-        }
-        out
+        encode(&self.registry)
     }
 }
 
@@ -148,40 +163,16 @@ pub fn gauge_value(n: u128) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+impl Exposition for Metrics {
+    fn metrics_text(&self) -> String {
+        self.encode()
     }
-}
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving metrics and health");
-    axum::serve(listener, app).await
-}
+    fn readiness(&self) -> Result<(), &'static str> {
+        self.readiness.check()
+    }
 
-async fn metrics_handler(state: State<Arc<Metrics>>) -> impl IntoResponse {
-    metrics(state).await
+    fn liveness(&self) -> Result<(), String> {
+        self.liveness.check()
+    }
 }

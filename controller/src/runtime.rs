@@ -1,24 +1,26 @@
-//! The controller's main loop: watches feed the index; the leader's decisions go to the
-//! writers.
+//! The controller's main loop: watches (`watches.rs`) feed the index; the leader's decisions go
+//! to the writers.
+//!
+//! The loop itself never waits for the API server: Service status, pool status and Events are
+//! written by tasks of their own (`writer.rs`), each request bounded in time. It turns at least
+//! at every pool status tick and beats the liveness check on every turn, so `/healthz` fails if
+//! it ever stops turning. It stands by the moment the leader's term ends, even when the election
+//! is stuck in a request.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
-use herald_config::pool::IPAddressPool;
+use futures::{FutureExt, StreamExt};
 use herald_config::service::{ServedClass, ServiceKey};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::{Action, ControllerIndex};
-use crate::leader::{self, LeaseSettings};
+use crate::leader::{self, Leadership, LeaseSettings};
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::writer::{self, PoolStatusWriter, StatusWrite};
+use crate::watches::{self, Sync};
+use crate::writer::{self, PoolStatusWriter, WriterContext};
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -30,163 +32,16 @@ pub struct ControllerSettings {
     pub pool_selector: Option<String>,
     /// Leader election.
     pub lease: LeaseSettings,
+    /// Every API request other than a watch is abandoned after this long.
+    pub api_timeout: Duration,
     /// Concurrent Service status writes.
     pub write_concurrency: usize,
     /// How often pool status and pool metrics are refreshed (debounce).
     pub pool_status_interval: Duration,
 }
 
-// Boxed: a Service event is much larger than the others, and thousands may queue up.
-enum Change {
-    Service(Box<Event<Service>>),
-    Pool(Event<IPAddressPool>),
-    Namespace(Event<Namespace>),
-}
-
-/// The three watches, merged.
-fn changes(
-    client: &Client,
-    settings: &ControllerSettings,
-) -> impl Stream<Item = Change> + Send + use<> {
-    let services = watcher::watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(|r| async move { log_watch_error(r).map(|e| Change::Service(Box::new(e))) });
-    let mut pool_config = watcher::Config::default();
-    if let Some(sel) = &settings.pool_selector {
-        pool_config = pool_config.labels(sel);
-    }
-    let pools = watcher::watcher(Api::<IPAddressPool>::all(client.clone()), pool_config)
-        .default_backoff()
-        .filter_map(|r| async move { log_watch_error(r).map(Change::Pool) });
-    let namespaces = watcher::watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(|r| async move { log_watch_error(r).map(Change::Namespace) });
-    futures::stream::select_all([services.boxed(), pools.boxed(), namespaces.boxed()])
-}
-
-fn log_watch_error<T>(r: Result<T, watcher::Error>) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(error = %e, "watch error; retrying with backoff");
-            None
-        }
-    }
-}
-
-/// Which of the three initial lists have completed, and what each relist saw.
-#[derive(Default)]
-struct Sync {
-    services: bool,
-    pools: bool,
-    namespaces: bool,
-    seen_services: Option<HashSet<ServiceKey>>,
-    seen_pools: Option<HashSet<String>>,
-    seen_namespaces: Option<HashSet<String>>,
-    known_namespaces: HashSet<String>,
-}
-
-impl Sync {
-    fn done(&self) -> bool {
-        self.services && self.pools && self.namespaces
-    }
-}
-
-fn apply(
-    change: Change,
-    index: &mut ControllerIndex,
-    sync: &mut Sync,
-    pools: &mut PoolStatusWriter,
-    metrics: &Metrics,
-) {
-    match change {
-        Change::Service(ev) => match *ev {
-            Event::Apply(s) => index.apply_service(&s),
-            Event::Delete(s) => {
-                if let Some(k) = ServiceKey::of(&s) {
-                    index.delete_service(&k);
-                }
-            }
-            Event::Init => sync.seen_services = Some(HashSet::new()),
-            Event::InitApply(s) => {
-                if let (Some(seen), Some(k)) = (sync.seen_services.as_mut(), ServiceKey::of(&s)) {
-                    seen.insert(k);
-                }
-                index.apply_service(&s);
-            }
-            Event::InitDone => {
-                let seen = sync.seen_services.take().unwrap_or_default();
-                for k in index.service_keys() {
-                    if !seen.contains(&k) {
-                        index.delete_service(&k);
-                    }
-                }
-                sync.services = true;
-            }
-        },
-        Change::Pool(ev) => match ev {
-            Event::Apply(p) => {
-                pools.observe(&p);
-                index.apply_pool(&p);
-            }
-            Event::Delete(p) => {
-                pools.forget(&p.name_any(), metrics);
-                index.delete_pool(&p.name_any());
-            }
-            Event::Init => sync.seen_pools = Some(HashSet::new()),
-            Event::InitApply(p) => {
-                if let Some(seen) = sync.seen_pools.as_mut() {
-                    seen.insert(p.name_any());
-                }
-                pools.observe(&p);
-                index.apply_pool(&p);
-            }
-            Event::InitDone => {
-                let seen = sync.seen_pools.take().unwrap_or_default();
-                for name in index.pool_names() {
-                    if !seen.contains(&name) {
-                        pools.forget(&name, metrics);
-                        index.delete_pool(&name);
-                    }
-                }
-                sync.pools = true;
-            }
-        },
-        Change::Namespace(ev) => match ev {
-            Event::Apply(n) => {
-                sync.known_namespaces.insert(n.name_any());
-                index.apply_namespace(&n);
-            }
-            Event::Delete(n) => {
-                sync.known_namespaces.remove(&n.name_any());
-                index.delete_namespace(&n.name_any());
-            }
-            Event::Init => sync.seen_namespaces = Some(HashSet::new()),
-            Event::InitApply(n) => {
-                if let Some(seen) = sync.seen_namespaces.as_mut() {
-                    seen.insert(n.name_any());
-                }
-                sync.known_namespaces.insert(n.name_any());
-                index.apply_namespace(&n);
-            }
-            Event::InitDone => {
-                let seen = sync.seen_namespaces.take().unwrap_or_default();
-                let gone: Vec<String> = sync.known_namespaces.difference(&seen).cloned().collect();
-                for name in gone {
-                    sync.known_namespaces.remove(&name);
-                    index.delete_namespace(&name);
-                }
-                sync.namespaces = true;
-            }
-        },
-    }
-}
+/// Pool status writes in flight at once.
+const POOL_WRITES_IN_FLIGHT: usize = 4;
 
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
 
@@ -198,6 +53,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+fn sleep_until(at: Option<tokio::time::Instant>) -> tokio::time::Sleep {
+    tokio::time::sleep_until(
+        at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+    )
+}
+
 /// Runs the controller until `shutdown` turns true.
 pub async fn run(
     client: Client,
@@ -205,28 +66,48 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (leading_tx, leading) = watch::channel(false);
+    let (term_tx, term) = watch::channel(None);
+    let mut leadership = Leadership::new(term);
     let election = tokio::spawn(leader::run(
         client.clone(),
         settings.lease.clone(),
-        leading_tx,
+        settings.api_timeout,
+        term_tx,
         shutdown.clone(),
     ));
-    let (status_tx, status_rx) = mpsc::unbounded_channel::<Vec<StatusWrite>>();
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
     let (failure_tx, mut failure_rx) = mpsc::unbounded_channel::<ServiceKey>();
+    let (pool_tx, pool_rx) = mpsc::unbounded_channel();
+    let (pool_failure_tx, mut pool_failure_rx) = mpsc::unbounded_channel::<String>();
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let status_writer = tokio::spawn(writer::run_status_writer(
-        client.clone(),
+        WriterContext {
+            client: client.clone(),
+            leadership: leadership.clone(),
+            api_timeout: settings.api_timeout,
+            metrics: metrics.clone(),
+            failures: failure_tx,
+            concurrency: settings.write_concurrency.max(1),
+        },
         status_rx,
-        failure_tx,
-        leading.clone(),
-        metrics.clone(),
-        settings.write_concurrency.max(1),
+    ));
+    let pool_status_writer = tokio::spawn(writer::run_pool_status_writer(
+        WriterContext {
+            client: client.clone(),
+            leadership: leadership.clone(),
+            api_timeout: settings.api_timeout,
+            metrics: metrics.clone(),
+            failures: pool_failure_tx,
+            concurrency: POOL_WRITES_IN_FLIGHT,
+        },
+        pool_rx,
     ));
     let event_writer = tokio::spawn(writer::run_event_writer(
         client.clone(),
         settings.lease.identity.clone(),
         event_rx,
+        leadership.clone(),
+        settings.api_timeout,
         metrics.clone(),
     ));
 
@@ -234,38 +115,46 @@ pub async fn run(
     let _tasks = AbortOnDrop(vec![
         election.abort_handle(),
         status_writer.abort_handle(),
+        pool_status_writer.abort_handle(),
         event_writer.abort_handle(),
     ]);
     let mut index = ControllerIndex::new(ServedClass(settings.class.clone()));
     let mut sync = Sync::default();
-    let mut pool_writer = PoolStatusWriter::default();
+    let mut pool_status = PoolStatusWriter::default();
     let mut retry: BTreeSet<ServiceKey> = BTreeSet::new();
-    let mut changes = Box::pin(changes(&client, &settings));
-    let mut leading_rx = leading.clone();
+    let mut changes = Box::pin(watches::changes(&client, settings.pool_selector.as_deref()));
     let mut tick = tokio::time::interval(settings.pool_status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        metrics.beat();
+        let term_ends = leadership.until();
         tokio::select! {
             change = changes.next() => {
                 let Some(change) = change else { break };
-                apply(change, &mut index, &mut sync, &mut pool_writer, &metrics);
+                sync.apply(change, &mut index, &mut pool_status, &metrics);
                 // Batch whatever else is already here before deciding.
                 for _ in 0..10_000 {
                     match changes.next().now_or_never() {
-                        Some(Some(change)) => apply(change, &mut index, &mut sync, &mut pool_writer, &metrics),
+                        Some(Some(change)) => sync.apply(change, &mut index, &mut pool_status, &metrics),
                         _ => break,
                     }
                 }
             }
-            _ = leading_rx.changed() => {}
+            _ = leadership.changed() => {}
+            // The term ends by itself when no renewal extends it.
+            _ = sleep_until(term_ends), if term_ends.is_some() => {}
             Some(key) = failure_rx.recv() => { retry.insert(key); }
+            Some(pool) = pool_failure_rx.recv() => { pool_status.failed(&pool); }
             _ = tick.tick() => {
                 for key in std::mem::take(&mut retry) {
                     index.write_failed(&key);
                 }
                 if index.is_active() {
-                    pool_writer.flush(&client, index.pool_reports(), &metrics).await;
+                    let writes = pool_status.flush(index.pool_reports(), &metrics);
+                    if !writes.is_empty() {
+                        let _ = pool_tx.send(writes.into_iter().map(|w| (w.name.clone(), w)).collect());
+                    }
                 }
             }
             _ = shutdown.changed() => {
@@ -273,12 +162,12 @@ pub async fn run(
             }
         }
         metrics.set_ready(sync.done());
-        let leader = *leading.borrow();
+        let leader = leadership.leads();
         metrics.leader.set(i64::from(leader));
         let started = Instant::now();
         let actions = if leader && sync.done() && !index.is_active() {
             tracing::info!("leading: rebuilding the allocation from Service status");
-            pool_writer.reset();
+            pool_status.reset();
             index.activate()
         } else if !leader && index.is_active() {
             tracing::info!("no longer leading: standing by");
@@ -295,9 +184,7 @@ pub async fn run(
         let mut writes = Vec::new();
         for action in actions {
             match action {
-                Action::WriteIngress { key, ips, shrinks } => {
-                    writes.push(StatusWrite { key, ips, shrinks })
-                }
+                Action::WriteStatus(write) => writes.push((write.key.clone(), write)),
                 Action::Event(e) => {
                     let _ = event_tx.send(e);
                 }
@@ -313,9 +200,12 @@ pub async fn run(
             let _ = status_tx.send(writes);
         }
     }
+    metrics.leader.set(0);
     drop(status_tx);
+    drop(pool_tx);
     drop(event_tx);
     let _ = election.await;
     status_writer.abort();
+    pool_status_writer.abort();
     event_writer.abort();
 }

@@ -1,11 +1,24 @@
-//! Carries out the index's decisions against the API server: Service status, Events and
-//! pool status. Writes happen only while this replica leads.
+//! Carries out the index's decisions against the API server: Service status, Events, pool status.
+//!
+//! Each kind is written on its own task, so the main loop never waits for the API server.
+//! Every write is made only while this replica leads, and is abandoned when the API timeout or
+//! the end of the leader's term comes first, so a deposed leader has stopped writing before
+//! another replica may take over. A Service status write carries the Service's UID and the
+//! `resourceVersion` its decision was made on: it lands on that very object or not at all (a
+//! Service deleted and recreated meanwhile, or changed meanwhile — by a new leader too — makes
+//! it fail, and the index decides again from what the watch shows). Writes to one object are
+//! made one at a time, newest last; a write that hangs holds up only its own object.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use herald_config::announcement;
 use herald_config::pool::IPAddressPool;
 use herald_config::service::ServiceKey;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
@@ -15,113 +28,285 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
+use crate::api::{ApiCallError, within};
 use crate::index::{EventRecord, PoolReport, Regarding};
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, gauge_value};
 
 /// The field manager recorded on every write.
 pub const FIELD_MANAGER: &str = "herald-controller";
 
-/// One Service status write.
-#[derive(Clone, Debug)]
+/// One Service status write: the ingress IPs, the Announced condition, or both.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusWrite {
     /// The Service.
     pub key: ServiceKey,
-    /// The ingress IPs (empty clears).
-    pub ips: Vec<IpAddr>,
-    /// Whether it takes IPs away.
-    pub shrinks: bool,
+    /// The UID of the Service the decision was made for.
+    pub uid: Option<String>,
+    /// The `resourceVersion` the decision was made on.
+    pub resource_version: Option<String>,
+    /// The ingress IPs to set (empty clears); `None` leaves them as they are.
+    pub ips: Option<Vec<IpAddr>>,
+    /// The `herald.dev/Announced` condition to set; `None` leaves it as it is.
+    pub announced: Option<Announced>,
 }
 
-/// The merge patch that sets `status.loadBalancer.ingress` to exactly `ips`.
-pub fn ingress_patch(ips: &[IpAddr]) -> serde_json::Value {
-    if ips.is_empty() {
-        // `null` removes the list under JSON merge patch.
-        return json!({"status": {"loadBalancer": {"ingress": null}}});
+/// Who announces a Service, as its condition says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    /// "announced by node N on interface I".
+    pub message: String,
+    /// Since when (the condition's lastTransitionTime).
+    pub since: Time,
+}
+
+/// A write waiting for its object absorbs a newer one.
+pub trait Merge {
+    /// `self` followed by `newer`, as one write.
+    fn merge(self, newer: Self) -> Self;
+}
+
+impl Merge for StatusWrite {
+    fn merge(self, newer: StatusWrite) -> StatusWrite {
+        StatusWrite {
+            ips: newer.ips.or(self.ips),
+            announced: newer.announced.or(self.announced),
+            ..newer
+        }
     }
-    let ingress: Vec<_> = ips
-        .iter()
-        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
-        .collect();
-    json!({"status": {"loadBalancer": {"ingress": ingress}}})
 }
 
-/// Writes Service status in batches: within a batch, writes that take IPs away land before
-/// those that hand IPs out, so two Services never show one IP (unless shared).
-pub async fn run_status_writer(
-    client: Client,
-    mut batches: mpsc::UnboundedReceiver<Vec<StatusWrite>>,
-    failures: mpsc::UnboundedSender<ServiceKey>,
-    leading: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
+/// The strategic merge patch of a Service's status that sets what `write` carries (other
+/// conditions are kept: they merge by type), on the object with this UID and resourceVersion
+/// only (the API server refuses it otherwise).
+pub fn status_patch(write: &StatusWrite) -> serde_json::Value {
+    let mut status = serde_json::Map::new();
+    if let Some(ips) = &write.ips {
+        let ingress = if ips.is_empty() {
+            // `null` removes the list.
+            serde_json::Value::Null
+        } else {
+            ips.iter()
+                .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                .collect()
+        };
+        status.insert("loadBalancer".into(), json!({ "ingress": ingress }));
+    }
+    if let Some(announced) = &write.announced {
+        status.insert(
+            "conditions".into(),
+            json!([{
+                "type": announcement::CONDITION,
+                "status": "True",
+                "reason": announcement::CONDITION_REASON,
+                "message": announced.message,
+                "lastTransitionTime": announced.since,
+            }]),
+        );
+    }
+    let mut metadata = serde_json::Map::new();
+    if let Some(uid) = &write.uid {
+        metadata.insert("uid".into(), json!(uid));
+    }
+    if let Some(version) = &write.resource_version {
+        metadata.insert("resourceVersion".into(), json!(version));
+    }
+    json!({"metadata": metadata, "status": status})
+}
+
+/// Writes waiting for their object: the newest per object, started oldest first, one in flight
+/// per object and at most `concurrency` in all.
+#[derive(Debug)]
+pub struct WriteQueue<K, W> {
+    waiting: HashMap<K, W>,
+    ready: VecDeque<K>,
+    in_flight: HashSet<K>,
     concurrency: usize,
+}
+
+impl<K: Hash + Eq + Clone, W: Merge> WriteQueue<K, W> {
+    /// An empty queue.
+    pub fn new(concurrency: usize) -> Self {
+        WriteQueue {
+            waiting: HashMap::new(),
+            ready: VecDeque::new(),
+            in_flight: HashSet::new(),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Queues a write to `key`, merged into one still waiting for it.
+    pub fn push(&mut self, key: K, write: W) {
+        match self.waiting.remove(&key) {
+            Some(older) => {
+                self.waiting.insert(key, older.merge(write));
+            }
+            None => {
+                self.waiting.insert(key.clone(), write);
+                if !self.in_flight.contains(&key) {
+                    self.ready.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// The next write that may start now, marked in flight.
+    pub fn start(&mut self) -> Option<(K, W)> {
+        if self.in_flight.len() >= self.concurrency {
+            return None;
+        }
+        let key = self.ready.pop_front()?;
+        let write = self.waiting.remove(&key)?;
+        self.in_flight.insert(key.clone());
+        Some((key, write))
+    }
+
+    /// The write to `key` has ended (whatever its outcome).
+    pub fn done(&mut self, key: &K) {
+        self.in_flight.remove(key);
+        if self.waiting.contains_key(key) {
+            self.ready.push_back(key.clone());
+        }
+    }
+
+    /// Writes in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// How a write ended.
+#[derive(Debug)]
+enum Outcome {
+    Written,
+    /// The object is gone: the watch tells the index.
+    Gone,
+    /// Not leading: nothing was sent.
+    NotLeading,
+    /// Refused or not answered in time: the index decides again.
+    Failed(ApiCallError),
+}
+
+/// Runs one write of `kind` within the leader's term; counts it.
+async fn bounded_write<T>(
+    leadership: &Leadership,
+    api_timeout: Duration,
+    metrics: &Metrics,
+    kind: &'static str,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Outcome {
+    let Some(limit) = leadership.remaining(api_timeout) else {
+        return Outcome::NotLeading;
+    };
+    let result = within(limit, kind, request).await;
+    metrics.count_write(kind, result.is_ok());
+    match result {
+        Ok(_) => Outcome::Written,
+        Err(e) if e.code() == Some(404) => Outcome::Gone,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Where a writer sends what it writes, and what it reports back.
+pub struct WriterContext<K> {
+    /// The API server.
+    pub client: Client,
+    /// Until when this replica may write.
+    pub leadership: Leadership,
+    /// Every request is abandoned after this long (or at the end of the term, if sooner).
+    pub api_timeout: Duration,
+    /// Counts writes.
+    pub metrics: Arc<Metrics>,
+    /// Objects whose write failed: the index decides again.
+    pub failures: mpsc::UnboundedSender<K>,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+}
+
+/// Drives a [`WriteQueue`]: writes come in batches on `batches`; `write` makes one.
+async fn run_queue<K, W, F, Fut>(
+    ctx: WriterContext<K>,
+    mut batches: mpsc::UnboundedReceiver<Vec<(K, W)>>,
+    write: F,
+) where
+    K: Hash + Eq + Clone + std::fmt::Display + Send + 'static,
+    W: Merge,
+    F: Fn(W) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut queue = WriteQueue::new(ctx.concurrency);
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    while open || queue.in_flight() > 0 {
+        while let Some((key, w)) = queue.start() {
+            let write = write(w);
+            running.push(async move { (key, write.await) });
+        }
+        tokio::select! {
+            batch = batches.recv(), if open => match batch {
+                Some(batch) => {
+                    for (key, w) in batch {
+                        queue.push(key, w);
+                    }
+                }
+                None => open = false,
+            },
+            Some((key, outcome)) = running.next() => {
+                queue.done(&key);
+                match outcome {
+                    Outcome::Written | Outcome::Gone => {}
+                    Outcome::NotLeading => {
+                        let _ = ctx.failures.send(key);
+                    }
+                    Outcome::Failed(e) => {
+                        tracing::warn!(object = %key, error = %e, "write failed; will decide again");
+                        let _ = ctx.failures.send(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes Service status: each write on the object its decision was made for, at most
+/// `concurrency` at once, one at a time per Service.
+pub async fn run_status_writer(
+    ctx: WriterContext<ServiceKey>,
+    batches: mpsc::UnboundedReceiver<Vec<(ServiceKey, StatusWrite)>>,
 ) {
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    while let Some(mut batch) = batches.recv().await {
-        // Coalesce whatever else is queued; only the last write per Service matters.
-        while let Ok(more) = batches.try_recv() {
-            batch.extend(more);
+    let (client, leadership, api_timeout, metrics) = (
+        ctx.client.clone(),
+        ctx.leadership.clone(),
+        ctx.api_timeout,
+        ctx.metrics.clone(),
+    );
+    run_queue(ctx, batches, |w: StatusWrite| {
+        let api: Api<Service> = Api::namespaced(client.clone(), &w.key.namespace);
+        let (params, leadership, metrics) = (params.clone(), leadership.clone(), metrics.clone());
+        async move {
+            let patch = status_patch(&w);
+            bounded_write(
+                &leadership,
+                api_timeout,
+                &metrics,
+                "service_status",
+                api.patch_status(&w.key.name, &params, &Patch::Strategic(patch)),
+            )
+            .await
         }
-        let mut latest: HashMap<ServiceKey, StatusWrite> = HashMap::new();
-        let mut order = Vec::new();
-        for w in batch {
-            if !latest.contains_key(&w.key) {
-                order.push(w.key.clone());
-            }
-            let shrinks = w.shrinks || latest.get(&w.key).is_some_and(|p| p.shrinks);
-            latest.insert(w.key.clone(), StatusWrite { shrinks, ..w });
-        }
-        let (shrinking, growing): (Vec<StatusWrite>, Vec<StatusWrite>) = order
-            .into_iter()
-            .filter_map(|k| latest.remove(&k))
-            .partition(|w| w.shrinks);
-        for phase in [shrinking, growing] {
-            futures::stream::iter(phase)
-                .for_each_concurrent(concurrency, |w| {
-                    let client = client.clone();
-                    let params = params.clone();
-                    let failures = failures.clone();
-                    let leading = leading.clone();
-                    let metrics = metrics.clone();
-                    async move {
-                        if !*leading.borrow() {
-                            return;
-                        }
-                        let api: Api<Service> = Api::namespaced(client, &w.key.namespace);
-                        let result = api
-                            .patch_status(&w.key.name, &params, &Patch::Merge(ingress_patch(&w.ips)))
-                            .await;
-                        metrics.count_write("service_status", result.is_ok());
-                        match result {
-                            Ok(_) => {}
-                            // Deleted meanwhile: the watch will tell the index.
-                            Err(kube::Error::Api(e)) if e.code == 404 => {}
-                            Err(e) => {
-                                tracing::warn!(service = %w.key, error = %e, "status write failed; will retry");
-                                let _ = failures.send(w.key);
-                            }
-                        }
-                    }
-                })
-                .await;
-        }
-    }
+    })
+    .await;
 }
 
 fn reference(regarding: &Regarding) -> ObjectReference {
     match regarding {
-        Regarding::Service { key, uid } => ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(key.namespace.clone()),
-            name: Some(key.name.clone()),
-            uid: uid.clone(),
-            ..Default::default()
-        },
+        Regarding::Service { key, uid } => key.object_reference(uid.clone()),
         Regarding::Pool { name, uid } => ObjectReference {
             api_version: Some("herald.dev/v1beta1".into()),
             kind: Some("IPAddressPool".into()),
@@ -132,12 +317,15 @@ fn reference(regarding: &Regarding) -> ObjectReference {
     }
 }
 
-/// Publishes Events through one shared Recorder, so repeats aggregate into a series.
-/// Events trail status writes on purpose: they must not slow allocation down.
+/// Publishes Events through one shared Recorder, so repeats aggregate into a series, while
+/// this replica leads. Events trail status writes on purpose: they must not slow allocation
+/// down; one that hangs is abandoned after the API timeout.
 pub async fn run_event_writer(
     client: Client,
     identity: String,
     mut events: mpsc::UnboundedReceiver<EventRecord>,
+    leadership: Leadership,
+    api_timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
     let recorder = Recorder::new(
@@ -156,14 +344,29 @@ pub async fn run_event_writer(
             },
             reason: record.reason.into(),
             note: Some(truncate(&record.message, 1000)),
-            action: "Allocate".into(),
-            secondary: None,
+            action: if record.node.is_some() {
+                "Announce"
+            } else {
+                "Allocate"
+            }
+            .into(),
+            secondary: record.node.as_ref().map(|node| ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.clone()),
+                ..Default::default()
+            }),
         };
-        let result = recorder
-            .publish(&event, &reference(&record.regarding))
-            .await;
-        metrics.count_write("event", result.is_ok());
-        if let Err(e) = result {
+        let regarding = reference(&record.regarding);
+        let outcome = bounded_write(
+            &leadership,
+            api_timeout,
+            &metrics,
+            "event",
+            recorder.publish(&event, &regarding),
+        )
+        .await;
+        if let Outcome::Failed(e) = outcome {
             tracing::warn!(error = %e, reason = record.reason, "event not published");
         }
     }
@@ -180,7 +383,24 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Pool status writes, debounced: only pools whose report changed are written.
+/// One pool's status write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolWrite {
+    /// The pool.
+    pub name: String,
+    /// The merge patch of its status.
+    pub patch: serde_json::Value,
+}
+
+impl Merge for PoolWrite {
+    /// The newer report says everything.
+    fn merge(self, newer: PoolWrite) -> PoolWrite {
+        newer
+    }
+}
+
+/// Pool status, debounced: only pools whose report changed are written (by
+/// [`run_pool_status_writer`]); the per-pool metrics are set here.
 #[derive(Default)]
 pub struct PoolStatusWriter {
     written: HashMap<String, PoolReport>,
@@ -215,13 +435,14 @@ impl PoolStatusWriter {
         self.written.clear();
     }
 
-    /// Writes the reports that changed and updates the pool metrics.
-    pub async fn flush(&mut self, client: &Client, reports: Vec<PoolReport>, metrics: &Metrics) {
-        let api: Api<IPAddressPool> = Api::all(client.clone());
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
+    /// A write failed: write that pool again next time.
+    pub fn failed(&mut self, name: &str) {
+        self.written.remove(name);
+    }
+
+    /// Updates the pool metrics; returns the writes for the reports that changed.
+    pub fn flush(&mut self, reports: Vec<PoolReport>, metrics: &Metrics) -> Vec<PoolWrite> {
+        let mut writes = Vec::new();
         for report in reports {
             for (i, family) in ["ipv4", "ipv6"].into_iter().enumerate() {
                 let labels = crate::metrics::PoolLabels {
@@ -249,18 +470,18 @@ impl PoolStatusWriter {
             let conditions: Vec<Condition> = report
                 .conditions
                 .iter()
-                .map(|(type_, status, reason, message)| {
-                    let status = if *status { "True" } else { "False" };
+                .map(|c| {
+                    let status = if c.status { "True" } else { "False" };
                     let since = previous
                         .iter()
-                        .find(|c| c.type_ == *type_ && c.status == status)
-                        .map(|c| c.last_transition_time.clone())
+                        .find(|p| p.type_ == c.type_ && p.status == status)
+                        .map(|p| p.last_transition_time.clone())
                         .unwrap_or_else(|| now.clone());
                     Condition {
-                        type_: type_.to_string(),
+                        type_: c.type_.to_string(),
                         status: status.into(),
-                        reason: reason.to_string(),
-                        message: message.clone(),
+                        reason: c.reason.to_string(),
+                        message: c.message.clone(),
                         last_transition_time: since,
                         observed_generation: report.generation,
                     }
@@ -273,40 +494,50 @@ impl PoolStatusWriter {
                 "availableIPv6": gauge_value(report.available[1]),
                 "conditions": conditions,
             }});
-            let result = api
-                .patch_status(&report.name, &params, &Patch::Merge(&patch))
-                .await;
-            metrics.count_write("pool_status", result.is_ok());
-            match result {
-                Ok(_) => {
-                    self.conditions.insert(report.name.clone(), conditions);
-                    self.written.insert(report.name.clone(), report);
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %report.name, error = %e, "pool status write failed")
-                }
-            }
+            self.conditions.insert(report.name.clone(), conditions);
+            writes.push(PoolWrite {
+                name: report.name.clone(),
+                patch,
+            });
+            self.written.insert(report.name.clone(), report);
         }
+        writes
     }
+}
+
+/// Writes pool status on its own task: a pool whose write hangs holds up neither allocation
+/// nor the other pools.
+pub async fn run_pool_status_writer(
+    ctx: WriterContext<String>,
+    batches: mpsc::UnboundedReceiver<Vec<(String, PoolWrite)>>,
+) {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let api: Api<IPAddressPool> = Api::all(ctx.client.clone());
+    let (leadership, api_timeout, metrics) =
+        (ctx.leadership.clone(), ctx.api_timeout, ctx.metrics.clone());
+    run_queue(ctx, batches, |w: PoolWrite| {
+        let (api, params, leadership, metrics) = (
+            api.clone(),
+            params.clone(),
+            leadership.clone(),
+            metrics.clone(),
+        );
+        async move {
+            bounded_write(
+                &leadership,
+                api_timeout,
+                &metrics,
+                "pool_status",
+                api.patch_status(&w.name, &params, &Patch::Merge(&w.patch)),
+            )
+            .await
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ingress_patch_shapes() {
-        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
-        assert_eq!(
-            ingress_patch(&ips),
-            json!({"status": {"loadBalancer": {"ingress": [
-                {"ip": "192.0.2.1", "ipMode": "VIP"}, {"ip": "2001:db8::1", "ipMode": "VIP"}
-            ]}}})
-        );
-        assert_eq!(
-            ingress_patch(&[]),
-            json!({"status": {"loadBalancer": {"ingress": null}}})
-        );
-        assert_eq!(truncate("ééé", 3), "é…");
-    }
-}
+mod tests;

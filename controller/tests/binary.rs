@@ -42,10 +42,7 @@ async fn binary_serves_health_metrics_json_logs_and_stops_cleanly() -> anyhow::R
     let ns = format!("binary-{suffix}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
+        .create(&PostParams::default(), &herald_fixtures::namespace(&ns))
         .await?;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());

@@ -2,11 +2,11 @@
 //! echoed back, as the real watch does.
 
 use super::*;
-use herald_config::pool::{IPAddressPoolSpec, ServiceAllocation};
+use herald_config::pool::{CONDITION_OVERLAPPING, IPAddressPoolSpec, ServiceAllocation};
 use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use proptest::prelude::*;
 
 #[derive(Clone, Default)]
@@ -52,10 +52,11 @@ impl Store {
             }
             for action in actions {
                 match action {
-                    Action::WriteIngress { key, ips, .. } => {
-                        if let Some(svc) = self.services.get_mut(&key) {
-                            svc.status = Some(ServiceStatus {
-                                load_balancer: Some(LoadBalancerStatus {
+                    Action::WriteStatus(w) => {
+                        if let Some(svc) = self.services.get_mut(&w.key) {
+                            let status = svc.status.get_or_insert_with(Default::default);
+                            if let Some(ips) = &w.ips {
+                                status.load_balancer = Some(LoadBalancerStatus {
                                     ingress: Some(
                                         ips.iter()
                                             .map(|ip| LoadBalancerIngress {
@@ -64,9 +65,20 @@ impl Store {
                                             })
                                             .collect(),
                                     ),
-                                }),
-                                conditions: None,
-                            });
+                                });
+                            }
+                            if let Some(a) = &w.announced {
+                                let conditions = status.conditions.get_or_insert_with(Vec::new);
+                                conditions.retain(|c| c.type_ != announcement::CONDITION);
+                                conditions.push(Condition {
+                                    type_: announcement::CONDITION.into(),
+                                    status: "True".into(),
+                                    reason: "Elected".into(),
+                                    message: a.message.clone(),
+                                    last_transition_time: a.since.clone(),
+                                    observed_generation: None,
+                                });
+                            }
                             index.apply_service(svc);
                         }
                     }
@@ -100,33 +112,12 @@ fn service(
     annotations: &[(&str, &str)],
     edit: impl FnOnce(&mut ServiceSpec),
 ) -> Service {
-    let mut spec = ServiceSpec {
-        type_: Some("LoadBalancer".into()),
-        ip_families: Some(vec!["IPv4".into()]),
-        ports: Some(vec![ServicePort {
-            port: 80,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    };
-    edit(&mut spec);
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            uid: Some(format!("uid-{ns}-{name}")),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    herald_fixtures::service(ns, name)
+        .uid(format!("uid-{ns}-{name}"))
+        .annotations(annotations)
+        .families(&["IPv4"])
+        .spec_with(edit)
+        .build()
 }
 
 fn pool(
@@ -134,10 +125,7 @@ fn pool(
     addresses: &[&str],
     edit: impl FnOnce(&mut IPAddressPoolSpec),
 ) -> IPAddressPool {
-    let mut spec = IPAddressPoolSpec::new(addresses);
-    edit(&mut spec);
-    let mut p = IPAddressPool::new(name, spec);
-    p.metadata.uid = Some(format!("uid-{name}"));
+    let mut p = herald_fixtures::pool(name, addresses, edit);
     p.metadata.generation = Some(1);
     p
 }
@@ -346,9 +334,9 @@ fn overlapping_pools_are_marked() {
         let overlapping = r
             .conditions
             .iter()
-            .find(|c| c.0 == CONDITION_OVERLAPPING)
+            .find(|c| c.type_ == CONDITION_OVERLAPPING)
             .unwrap();
-        assert!(overlapping.1, "{r:?}");
+        assert!(overlapping.status, "{r:?}");
     }
     assert_eq!(reports[0].total[0], 4);
     assert_eq!(reports[1].total[0], 0);
@@ -510,6 +498,75 @@ fn sync(store: &Store, index: &mut ControllerIndex) {
     }
 }
 
+/// Two Services show one IP only when they may share it.
+fn check_shown_once(store: &Store) -> Result<(), TestCaseError> {
+    let mut shown: HashMap<IpAddr, Vec<&Service>> = HashMap::new();
+    for svc in store.services.values() {
+        for ip in status_ips(svc) {
+            shown.entry(ip).or_default().push(svc);
+        }
+    }
+    for (ip, svcs) in shown {
+        if svcs.len() < 2 {
+            continue;
+        }
+        let keys: BTreeSet<Option<String>> = svcs
+            .iter()
+            .map(|s| parse_request(s).ok().and_then(|r| r.sharing_key))
+            .collect();
+        prop_assert!(
+            keys.len() == 1 && keys.iter().all(Option::is_some),
+            "{} shown by {:?} at once",
+            ip,
+            svcs.iter().map(|s| ServiceKey::of(s)).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+impl Store {
+    /// As [`Store::settle`], but a write fails when `faults` says so (it is then handed back
+    /// to the index, as the writer does), writes of one batch land in reverse order, and after
+    /// every write that lands no IP may be shown by two Services that may not share it.
+    fn settle_with_faults(
+        &mut self,
+        index: &mut ControllerIndex,
+        mut actions: Vec<Action>,
+        faults: &mut impl Iterator<Item = bool>,
+    ) -> Result<(), TestCaseError> {
+        for _ in 0..400 {
+            let mut failed = Vec::new();
+            let mut landed = false;
+            for action in actions.into_iter().rev() {
+                match action {
+                    Action::WriteStatus(w) if faults.next().unwrap_or(false) => failed.push(w.key),
+                    write @ Action::WriteStatus(_) => {
+                        self.settle_once(index, write);
+                        landed = true;
+                        check_shown_once(self)?;
+                    }
+                    Action::Event(e) => self.events.push(e),
+                    Action::CountFailure(_) => {}
+                }
+            }
+            if failed.is_empty() && !landed && !index.has_work() {
+                return Ok(());
+            }
+            for key in failed {
+                index.write_failed(&key);
+            }
+            actions = index.reconcile();
+        }
+        prop_assert!(false, "index never settled");
+        Ok(())
+    }
+
+    /// Applies one write and echoes it.
+    fn settle_once(&mut self, index: &mut ControllerIndex, write: Action) {
+        self.settle(index, vec![write]);
+    }
+}
+
 fn check_invariants(store: &Store) -> Result<(), TestCaseError> {
     let policies: Vec<PoolPolicy> = store
         .pools
@@ -583,4 +640,212 @@ proptest! {
             check_invariants(&store)?;
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Writes fail and land out of order; after every write that lands, no IP is shown by two
+    /// Services that may not share it (a failed write that takes an IP away never lets the
+    /// write that gives it to another Service be made).
+    #[test]
+    fn no_ip_is_shown_twice_whatever_writes_fail(
+        ops in proptest::collection::vec(op(), 1..40),
+        faults in proptest::collection::vec(proptest::bool::weighted(0.3), 0..200),
+    ) {
+        let mut store = Store::default();
+        let mut index = running(&mut store);
+        let mut faults = faults.into_iter();
+        for op in &ops {
+            apply_op(&mut store, op);
+            if matches!(op, Op::Restart) {
+                index = store.boot();
+                let actions = index.activate();
+                store.settle_with_faults(&mut index, actions, &mut faults)?;
+            } else {
+                sync(&store, &mut index);
+                let actions = index.reconcile();
+                store.settle_with_faults(&mut index, actions, &mut faults)?;
+            }
+            check_shown_once(&store)?;
+        }
+    }
+}
+
+#[test]
+fn an_ip_taken_away_is_given_to_another_only_once_its_status_no_longer_shows_it() {
+    let mut store = Store::default();
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.1-192.0.2.9"], |_| {}));
+    let wants = |ip: &'static str| [("herald.dev/loadBalancerIPs", ip)];
+    store.add_service(service("n", "a", &wants("192.0.2.1"), |_| {}));
+    let mut index = running(&mut store);
+    assert_eq!(store.status(&key("a")), vec![ip("192.0.2.1")]);
+    // b asks for a's IP: refused while a holds it.
+    store.add_service(service("n", "b", &wants("192.0.2.1"), |_| {}));
+    index.apply_service(&store.services[&key("b")].clone());
+    step(&mut store, &mut index);
+    assert!(store.status(&key("b")).is_empty());
+    // a moves to .2: a's write takes .1 away; the write fails (not echoed).
+    store.add_service(service("n", "a", &wants("192.0.2.2"), |_| {}));
+    index.apply_service(&store.services[&key("a")].clone());
+    let actions = index.reconcile();
+    let writes: Vec<&StatusWrite> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteStatus(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        writes
+            .iter()
+            .map(|w| (w.key.name.as_str(), w.ips.clone()))
+            .collect::<Vec<_>>(),
+        [("a", Some(vec![ip("192.0.2.2")]))],
+        "b must not be given .1 while a's status still shows it"
+    );
+    index.write_failed(&key("a"));
+    for _ in 0..3 {
+        let again = index.reconcile();
+        assert!(
+            !again
+                .iter()
+                .any(|a| matches!(a, Action::WriteStatus(w) if w.key.name == "b")),
+            "b given .1 after a's write failed: {again:?}"
+        );
+        index.write_failed(&key("a"));
+    }
+    // a's write lands at last and the watch shows it: b gets .1.
+    let actions = index.reconcile();
+    store.settle(&mut index, actions);
+    assert_eq!(store.status(&key("a")), vec![ip("192.0.2.2")]);
+    assert_eq!(store.status(&key("b")), vec![ip("192.0.2.1")]);
+}
+
+fn report(node_ips: &[(&str, i64)]) -> L2Announcements {
+    let announced = node_ips
+        .iter()
+        .map(|(ip_, second)| {
+            (
+                ip(ip_),
+                (
+                    "eth0".to_string(),
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                        Timestamp::from_second(*second).unwrap(),
+                    ),
+                ),
+            )
+        })
+        .collect();
+    announcement::report(&announced)
+}
+
+#[test]
+fn the_announcer_the_speakers_report_is_mirrored_into_the_condition_once_per_change() {
+    let mut store = Store::default();
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.1-192.0.2.9"], |_| {}));
+    store.add_service(service("n", "a", &[], |_| {}));
+    // The owner reported the IP before the controller started.
+    let mut index = store.boot();
+    index.apply_node_report("hl-node1", Some(&report(&[("192.0.2.1", 10)])));
+    let actions = index.activate();
+    store.settle(&mut index, actions);
+    let shown = |store: &Store| announcement::current(&store.services[&key("a")]);
+    assert_eq!(
+        shown(&store).as_deref(),
+        Some("announced by node hl-node1 on interface eth0")
+    );
+    assert_eq!(store.events_for("a", reasons::ANNOUNCER_CHANGED), 1);
+
+    // The same report again (a resync): nothing written.
+    index.apply_node_report("hl-node1", Some(&report(&[("192.0.2.1", 10)])));
+    assert!(index.reconcile().is_empty());
+
+    // Failover: hl-node2 takes the IP while hl-node1's report (dead node) still claims it.
+    index.apply_node_report("hl-node2", Some(&report(&[("192.0.2.1", 20)])));
+    step(&mut store, &mut index);
+    assert_eq!(
+        shown(&store).as_deref(),
+        Some("announced by node hl-node2 on interface eth0")
+    );
+    assert_eq!(store.events_for("a", reasons::ANNOUNCER_CHANGED), 2);
+    let condition = store.services[&key("a")]
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.first())
+        .cloned()
+        .expect("the condition");
+    assert_eq!(
+        condition.last_transition_time.0,
+        Timestamp::from_second(20).unwrap(),
+        "since when the new node announces"
+    );
+
+    // A write that fails is made again.
+    index.apply_node_report("hl-node3", Some(&report(&[("192.0.2.1", 30)])));
+    let actions = index.reconcile();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::WriteStatus(w) if w.announced.is_some()))
+    );
+    index.write_failed(&key("a"));
+    let again = index.reconcile();
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::WriteStatus(w) if w.announced.is_some())),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn a_nodes_address_in_a_pool_is_never_handed_out_and_is_reported() {
+    let mut store = Store::default();
+    store
+        .pools
+        .insert("p".into(), pool("p", &["192.0.2.1-192.0.2.3"], |_| {}));
+    store.add_service(service("n", "a", &[], |_| {}));
+    let mut index = running(&mut store);
+    assert_eq!(store.status(&key("a")), vec![ip("192.0.2.1")]);
+    // .1 turns out to be a node's InternalIP: a moves off it, the pool says why.
+    index.apply_node("hl-node1", Some(vec![ip("192.0.2.1")]));
+    step(&mut store, &mut index);
+    assert_eq!(store.status(&key("a")), vec![ip("192.0.2.2")]);
+    assert_eq!(store.events_for("a", reasons::CLEAR_ASSIGNMENT), 1);
+    let reported: Vec<&EventRecord> = store
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::NODE_ADDRESS_IN_POOL)
+        .collect();
+    assert_eq!(reported.len(), 1);
+    assert!(
+        reported[0].message.contains("192.0.2.1 (node hl-node1)"),
+        "{}",
+        reported[0].message
+    );
+    // Never handed out, even when asked for by name.
+    store.add_service(service(
+        "n",
+        "b",
+        &[("herald.dev/loadBalancerIPs", "192.0.2.1")],
+        |_| {},
+    ));
+    index.apply_service(&store.services[&key("b")].clone());
+    step(&mut store, &mut index);
+    assert!(store.status(&key("b")).is_empty());
+    let usage = index.pool_reports();
+    assert_eq!(
+        usage[0].total[0], 2,
+        "the node's address is not counted as usable"
+    );
+    // The node goes away: the address is usable again, and b gets it.
+    index.apply_node("hl-node1", None);
+    step(&mut store, &mut index);
+    assert_eq!(store.status(&key("b")), vec![ip("192.0.2.1")]);
 }
