@@ -8,20 +8,22 @@
 # It never starts or stops the lab itself; whatever happens it leaves the lab as it found
 # it (speakers running, links up, its Services, EndpointSlices, pools and namespace deleted).
 #
-# Builds target/release/herald-speaker-bench (not the speaker: the lab runs the speaker
-# binary that is already built), then runs, in this order:
+# Builds target/release/herald-speaker-bench (not the speaker: the lab runs the image it
+# installed, HERALD_IMAGE in .lab/env), then runs, in this order:
 #   failover    >= 20 trials each of SIGKILL of the owner's speaker, the owner's eth0 down,
-#               SIGTERM: fault to the first answer through another node, client request
-#               every 10 ms on a fresh TCP connection (p50, p99, max)
+#               SIGTERM, membership traffic dropped one way into the owner and out of it
+#               (--faults chooses): fault to the first answer through another node, client
+#               request every 10 ms on a fresh TCP connection (p50, p99, max)
 #   arp         ARP reply latency, 10,000 requests/s to a VIP (the speaker answers) and
 #               10,000/s to the owner node's own address (its kernel answers), interleaved
 #   resources   each speaker's VmHWM/VmRSS and utime+stime over 60 s, with 0, 100 and
 #               1,000 IPv6 Services
-#   api         API requests/min of all speakers at steady state with 100 and 1,000
-#               Services: a 580 s window with the speakers running minus the same window
-#               with them stopped
-# About 75 minutes on 2 cores, most of it the four API windows (--api-window-s shortens
-# them). Before each measurement it waits until the controller benchmark (herald-bench)
+#   api         API requests/min of the speakers and the controller at steady state with
+#               100 and 1,000 Services: a 580 s window, counted in the API server's audit log
+# About 45 minutes on 2 cores, most of it the two API windows (--api-window-s shortens
+# them); `--phases scale` adds the last-create-to-last-status timing of 1,000 and 10,000
+# Services. `--system metallb` measures MetalLB instead (tests/lab/systems.sh use metallb
+# first; tests/bench/versus.sh runs both). Before each measurement it waits until the controller benchmark (herald-bench)
 # is not running.
 #
 # Results: target/bench/speaker-DATE.json and .md (HERALD_BENCH_OUT changes the
@@ -53,8 +55,6 @@ export HERALD_LAB_DIR
 [[ -f "${HERALD_LAB_DIR}/env" ]] || die "no ${HERALD_LAB_DIR}/env: the lab is not up (make lab-up as root)"
 grep -q '^HERALD_CLIENT_NS=' "${HERALD_LAB_DIR}/env" ||
   die "${HERALD_LAB_DIR}/env has no node lab (make lab-up as root)"
-[[ -x target/release/herald-speaker ]] ||
-  die "target/release/herald-speaker is not built (the lab's speakers run it)"
 export KUBECONFIG="${KUBECONFIG:-${HERALD_LAB_DIR}/kubeconfig}"
 
 log "building target/release/herald-speaker-bench"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the local lab's Kubernetes components from the published Go modules:
-# kube-apiserver and kube-proxy (tests/lab/k8s, k8s.io/kubernetes v1.34.4) and
-# etcd (tests/lab/etcd, go.etcd.io/etcd/server/v3).
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+# and kubectl (tests/lab/k8s, k8s.io/kubernetes v1.34.4) and etcd
+# (tests/lab/etcd, go.etcd.io/etcd/server/v3).
 #
 # The binaries go to a cache outside the repository:
-#   ${HERALD_CACHE:-$HOME/.cache/herald}/k8s-v1.34.4/bin/{kube-apiserver,kube-proxy,etcd}
+#   ${HERALD_CACHE:-$HOME/.cache/herald}/k8s-v1.34.4/bin/
 # A stamp next to them holds a hash of the modules' go.mod/go.sum/main files and
 # of the build recipe; when the binaries exist and the stamp matches, nothing is
 # rebuilt. Progress goes to stderr; the bin directory is printed on stdout, so
@@ -21,7 +22,8 @@ cache_root="${HERALD_CACHE:-${home}/.cache/herald}"
 out_dir="${cache_root}/k8s-${K8S_VERSION}"
 bin_dir="${out_dir}/bin"
 stamp_file="${out_dir}/stamp"
-binaries=(kube-apiserver kube-proxy kubectl etcd)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd)
+k8s_commands=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 log() { printf '[build-k8s] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,20 +50,10 @@ build_flags=(-trimpath -mod=readonly -buildvcs=false)
 
 # Everything that decides what gets built goes into the stamp.
 inputs=(
-  k8s/go.mod k8s/go.sum k8s/cmd/kube-apiserver/main.go k8s/cmd/kube-proxy/main.go k8s/cmd/kubectl/main.go
+  k8s/go.mod k8s/go.sum
   etcd/go.mod etcd/go.sum etcd/main.go
 )
-compute_hash() {
-  {
-    printf 'recipe: %s | %s | %s | CGO_ENABLED=0\n' \
-      "${build_flags[*]}" "${k8s_ldflags}" "${etcd_ldflags}"
-    printf 'go: %s\n' "$(go env GOVERSION) $(go env GOOS)/$(go env GOARCH)"
-    for f in "${inputs[@]}"; do
-      printf 'file: %s\n' "${f}"
-      cat "${lab_dir}/${f}"
-    done
-  } | sha256sum | cut -d' ' -f1
-}
+for c in "${k8s_commands[@]}"; do inputs+=("k8s/cmd/${c}/main.go"); done
 
 up_to_date() {
   local want="$1" b
@@ -73,37 +65,21 @@ up_to_date() {
 }
 
 mkdir -p "${out_dir}"
-want_hash="$(compute_hash)"
+# shellcheck source=tests/lab/cache.sh
+. "${lab_dir}/cache.sh"
+want_hash="$(cache_hash "${build_flags[*]} | ${k8s_ldflags} | ${etcd_ldflags}" "${lab_dir}" "${inputs[@]}")"
 
-if [[ "${HERALD_BUILD_FORCE:-0}" != 1 ]] && up_to_date "${want_hash}"; then
-  log "up to date: ${bin_dir} (stamp ${want_hash:0:12})"
-  printf '%s\n' "${bin_dir}"
-  exit 0
-fi
-
-# One build at a time per cache (tests may start several labs at once).
-exec 9>"${out_dir}/.lock"
-log "waiting for the build lock ${out_dir}/.lock"
-flock 9
-if [[ "${HERALD_BUILD_FORCE:-0}" != 1 ]] && up_to_date "${want_hash}"; then
-  log "up to date after waiting: ${bin_dir}"
-  printf '%s\n' "${bin_dir}"
-  exit 0
-fi
-
-stage="$(mktemp -d "${out_dir}/stage.XXXXXX")"
-trap 'rm -rf "${stage}"' EXIT
-
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=""
-start=${SECONDS}
-log "building kube-apiserver, kube-proxy and kubectl ${K8S_VERSION} with $(go env GOVERSION)" \
-  "(a cold build takes about 3 minutes on 2 cores)"
-(
-  cd "${lab_dir}/k8s"
-  go build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${stage}/" \
-    ./cmd/kube-apiserver ./cmd/kube-proxy ./cmd/kubectl
-) || die "building kube-apiserver/kube-proxy failed"
-log "kube-apiserver and kube-proxy built after $((SECONDS - start))s"
+cache_begin "${want_hash}" "${bin_dir}"
+# One command at a time, so the log shows which step runs and how long each took
+# (the Go build cache shares the common packages between them).
+for c in "${k8s_commands[@]}"; do
+  log "building ${c} ${K8S_VERSION} with $(go env GOVERSION) (cold, all six: about 8 minutes on 2 cores)"
+  (
+    cd "${lab_dir}/k8s"
+    go build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${stage}/${c}" "./cmd/${c}"
+  ) || die "building ${c} failed"
+  log "${c} built, $((SECONDS - start))s so far"
+done
 
 log "building etcd ($(cd "${lab_dir}/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3))"
 (
@@ -113,8 +89,10 @@ log "building etcd ($(cd "${lab_dir}/etcd" && go list -m -f '{{.Version}}' go.et
 log "etcd built after $((SECONDS - start))s"
 
 # Smoke check before publishing.
-"${stage}/kube-apiserver" --version >&2 || die "kube-apiserver does not run"
-"${stage}/kube-proxy" --version >&2 || die "kube-proxy does not run"
+for c in "${k8s_commands[@]}"; do
+  [[ "${c}" == kubectl ]] && continue
+  "${stage}/${c}" --version >&2 || die "${c} does not run"
+done
 "${stage}/kubectl" version --client >&2 || die "kubectl does not run"
 "${stage}/etcd" --version >&2 || die "etcd does not run"
 

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# The local lab's Kubernetes control plane: etcd + kube-apiserver on loopback,
-# built from source by tests/lab/build-k8s.sh. There is no controller-manager,
-# scheduler or kubelet; the apiserver alone allocates Service ClusterIPs, and
-# that is all Herald needs.
+# The local lab's Kubernetes control plane: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler, built from source by
+# tests/lab/build-k8s.sh, on loopback (or on HERALD_APISERVER_ADDRESS, where the
+# node lab's kubelets reach it). Deployments, DaemonSets, EndpointSlices and
+# namespace deletion work as in any cluster; pods run once kubelets register
+# (tests/lab/nodes.sh).
 #
 #   tests/lab/control-plane.sh up      start (a no-op success when already up)
 #   tests/lab/control-plane.sh down    stop everything it started, remove .lab/
 #   tests/lab/control-plane.sh status  exit 0 when up and ready, 3 when down,
 #                                      1 when broken (some part not running)
 #   tests/lab/control-plane.sh env     print the lab's settings (sourceable)
+#   tests/lab/control-plane.sh restart COMPONENT
+#                                      stop one component (SIGTERM) and start it again with
+#                                      the command line it was started with; for
+#                                      kube-apiserver, wait until it is ready (a fault the
+#                                      chaos run applies)
 #
 # State lives in .lab/ at the repository root (HERALD_LAB_DIR overrides):
 #   .lab/kubeconfig      admin (system:masters) client-cert kubeconfig
 #   .lab/env             sourceable settings: URLs, ports, paths
-#   .lab/pki/            CA, serving cert, service-account key, admin cert
+#   .lab/pki/            CA, serving cert, service-account key, admin cert,
+#                        the API server's client cert for kubelets
 #   .lab/etcd/           etcd data
-#   .lab/logs/*.log      component logs
-#   .lab/pids/*.pid      component PIDs
+#   .lab/logs/*.log      component logs; audit.log: the API requests of the load
+#                        balancers' service accounts (herald-system, metallb-system)
+#   .lab/pids/*.pid      component PIDs (and *.argv: their command lines)
 #
 # Environment:
 #   HERALD_APISERVER_PORT    secure port (default 6443)
@@ -36,7 +45,7 @@ lab="${HERALD_LAB_DIR:-${repo_root}/.lab}"
 pki="${lab}/pki"
 logs="${lab}/logs"
 pids="${lab}/pids"
-components=(etcd kube-apiserver)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 # Service ClusterIPs: IPv4 from a documentation range, plus (dual-stack) an
 # IPv6 range inside 2001:db8::/32 that stays clear of the lab's node and pool
@@ -67,22 +76,34 @@ pid_of() { # prints the recorded PID of $1 if that process is alive and ours
   [[ -r "/proc/${pid}/cmdline" ]] || return 1
   local cmdline
   cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || return 1
-  [[ "${cmdline}" == *"/$1 "* && "${cmdline}" == *"${lab}"* ]] || return 1
+  [[ "${cmdline}" == *"/$1 "* && "${cmdline}" == *"${lab}/"* ]] || return 1
   printf '%s\n' "${pid}"
 }
 
-stop_all() {
-  # TERM to every component at once (their data is thrown away, so there is
-  # nothing to order), up to 10s of grace, then KILL.
+# Every live process of component $1 started for this lab directory, the recorded one or not:
+# a PID file can be stale (a restart that lost a race), and a process it no longer names must
+# not outlive `down` (an orphaned kube-apiserver keeps the port, and the next lab cannot start).
+component_pids() {
+  local f cmdline
+  for f in /proc/[0-9]*/cmdline; do
+    cmdline="$(tr '\0' ' ' <"${f}" 2>/dev/null)" || continue
+    [[ "${cmdline}" == *"/$1 "* && "${cmdline}" == *"${lab}/"* ]] || continue
+    f="${f#/proc/}"
+    printf '%s\n' "${f%/cmdline}"
+  done
+}
+
+# TERM to every component in $@ at once (their data is thrown away, so there is nothing to
+# order), up to 10s of grace, then KILL.
+stop_components() {
   local c pid i
   local -a live=()
-  for c in "${components[@]}"; do
-    if pid="$(pid_of "${c}")"; then
+  for c in "$@"; do
+    for pid in $(component_pids "${c}"); do
       log "stopping ${c} (pid ${pid})"
       kill -TERM "${pid}" 2>/dev/null || true
       live+=("${pid}")
-    fi
-    rm -f "${pids}/${c}.pid"
+    done
   done
   ((${#live[@]})) || return 0
   for ((i = 0; i < 100; i++)); do
@@ -102,6 +123,12 @@ stop_all() {
   log "warning: still running after KILL: ${live[*]}"
 }
 
+stop_all() {
+  local c
+  stop_components "${components[@]}"
+  for c in "${components[@]}"; do rm -f "${pids}/${c}.pid" "${pids}/${c}.argv"; done
+}
+
 any_alive() {
   local pid
   for pid in "$@"; do
@@ -116,9 +143,11 @@ start_component() { # name logfile binary args...
   # setsid: its own session, so that signals sent to the caller's process
   # group (Ctrl-C, a test runner's timeout) do not reach it; `down` stops it.
   # fd 8 (our lock) is closed for the child, or it would hold the lock forever.
-  setsid "$@" >"${logfile}" 2>&1 </dev/null 8<&- &
+  # Appended: a restart keeps the log from before it.
+  setsid "$@" >>"${logfile}" 2>&1 </dev/null 8<&- &
   local pid=$!
   printf '%s\n' "${pid}" >"${pids}/${name}.pid"
+  printf '%s\0' "$@" >"${pids}/${name}.argv"
   log "started ${name} (pid ${pid}), log ${logfile}"
 }
 
@@ -184,6 +213,13 @@ gen_pki() {
       "extendedKeyUsage=clientAuth" >admin.ext
     "${ossl[@]}" x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
       -sha256 -days "${days}" -extfile admin.ext -out admin.crt 2>/dev/null
+
+    # The API server's client certificate towards kubelets (logs, exec, port-forward).
+    "${ossl[@]}" ecparam -name prime256v1 -genkey -noout -out kubelet-client.key 2>/dev/null
+    "${ossl[@]}" req -new -key kubelet-client.key \
+      -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" -out kubelet-client.csr 2>/dev/null
+    "${ossl[@]}" x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -sha256 -days "${days}" -extfile admin.ext -out kubelet-client.crt 2>/dev/null
 
     # Service-account token signing key pair.
     "${ossl[@]}" ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
@@ -278,6 +314,10 @@ default_ns_ready() {
   apiserver_get /api/v1/namespaces/default >/dev/null 2>&1
 }
 
+default_sa_ready() {
+  apiserver_get /api/v1/namespaces/default/serviceaccounts/default >/dev/null 2>&1
+}
+
 # --- commands ---------------------------------------------------------------------
 
 # Prints "up", "down" or "broken".
@@ -318,7 +358,7 @@ cmd_up() {
     bin="$("${lab_src}/build-k8s.sh")" || die "building the Kubernetes binaries failed"
   fi
   local b
-  for b in etcd kube-apiserver; do
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler; do
     [[ -x "${bin}/${b}" ]] || die "missing ${bin}/${b}"
   done
 
@@ -349,6 +389,7 @@ cmd_up() {
       HERALD_ETCD_PEER_PORT "${etcd_peer}" \
       HERALD_SERVICE_CIDR "${service_cidr}" \
       HERALD_SERVICE_CIDR_V6 "${service_cidr_v6}" \
+      HERALD_AUDIT_LOG "${logs}/audit.log" \
       KUBECONFIG "${lab}/kubeconfig"
   } >"${lab}/env"
 
@@ -373,12 +414,27 @@ cmd_up() {
   log "etcd healthy on 127.0.0.1:${etcd_client} after $((SECONDS - began))s"
 
   # kube-apiserver, with the flag set of controller-runtime's envtest plus
-  # client-cert auth and RBAC. No controller-manager runs, so the
-  # ServiceAccount admission plugin (which waits for a token controller) is
-  # off. No endpoint reconciler: the "kubernetes" Service keeps its ClusterIP
-  # but gets no Endpoints, since a loopback address is not a valid endpoint.
-  # Higher in-flight limits: benchmarks push thousands of writes (requests
-  # from system:masters are exempt from priority-and-fairness anyway).
+  # client-cert auth, RBAC and what kubelets need (a client certificate towards
+  # them, their InternalIP first). On loopback there is no endpoint reconciler:
+  # a loopback address is not a valid endpoint, so the "kubernetes" Service keeps
+  # its ClusterIP but gets no endpoints; on the node lab's address pods reach the
+  # API server through that Service, as in any cluster. Higher in-flight limits:
+  # benchmarks push thousands of writes (requests from system:masters are exempt
+  # from priority-and-fairness anyway).
+  local reconciler=lease
+  [[ "${addr}" == 127.* || "${addr}" == ::1 ]] && reconciler=none
+  # The audit log counts the API requests of the load balancers' pods (the benchmarks read it:
+  # every lab client but those pods is the admin, so nothing else tells them apart): each
+  # request of a service account in herald-system or metallb-system, once, when received.
+  cat >"${lab}/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [ResponseStarted, ResponseComplete, Panic]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:herald-system", "system:serviceaccounts:metallb-system"]
+  - level: None
+POLICY
   start_component kube-apiserver "${logs}/kube-apiserver.log" "${bin}/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:${etcd_client}" \
     --bind-address="${addr}" \
@@ -388,23 +444,63 @@ cmd_up() {
     --tls-cert-file="${pki}/apiserver.crt" \
     --tls-private-key-file="${pki}/apiserver.key" \
     --client-ca-file="${pki}/ca.crt" \
+    --kubelet-client-certificate="${pki}/kubelet-client.crt" \
+    --kubelet-client-key="${pki}/kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
     --service-account-issuer="${api_url}" \
     --service-account-key-file="${pki}/sa.pub" \
     --service-account-signing-key-file="${pki}/sa.key" \
     --api-audiences="${api_url}" \
     --authorization-mode=RBAC \
     --service-cluster-ip-range="${service_cidrs}" \
-    --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true \
-    --endpoint-reconciler-type=none \
+    --endpoint-reconciler-type="${reconciler}" \
     --max-requests-inflight=1600 \
     --max-mutating-requests-inflight=800 \
+    --audit-policy-file="${lab}/audit-policy.yaml" \
+    --audit-log-path="${logs}/audit.log" \
+    --audit-log-format=json \
+    --audit-log-maxsize=0 \
     --v=1
   local api_pid
   api_pid="$(cat "${pids}/kube-apiserver.pid")"
   wait_for "${HERALD_READY_TIMEOUT:-60}" "${api_pid}" "kube-apiserver /readyz" is_ready
   wait_for 20 "${api_pid}" "namespace default" default_ns_ready
   log "kube-apiserver ready at ${api_url} after $((SECONDS - began))s"
+
+  # kube-controller-manager: every default controller, as the admin (the lab's
+  # one identity), no cloud, no node CIDR allocation (the node lab gives each
+  # node its pod range in its CNI configuration). A node whose kubelet stops is
+  # NotReady after 20 s (upstream: 50 s), so tests of it are quick. Its and the
+  # scheduler's secure ports are off: several labs may run on one machine.
+  start_component kube-controller-manager "${logs}/kube-controller-manager.log" \
+    "${bin}/kube-controller-manager" \
+    --kubeconfig="${lab}/kubeconfig" \
+    --authentication-skip-lookup=true \
+    --secure-port=0 \
+    --leader-elect=false \
+    --controllers='*' \
+    --allocate-node-cidrs=false \
+    --service-cluster-ip-range="${service_cidrs}" \
+    --root-ca-file="${pki}/ca.crt" \
+    --service-account-private-key-file="${pki}/sa.key" \
+    --use-service-account-credentials=false \
+    --node-monitor-grace-period=20s \
+    --node-monitor-period=2s \
+    --concurrent-service-endpoint-syncs=10 \
+    --v=1
+  start_component kube-scheduler "${logs}/kube-scheduler.log" "${bin}/kube-scheduler" \
+    --kubeconfig="${lab}/kubeconfig" \
+    --authentication-skip-lookup=true \
+    --secure-port=0 \
+    --leader-elect=false \
+    --v=1
+  local kcm_pid
+  kcm_pid="$(cat "${pids}/kube-controller-manager.pid")"
+  # The default ServiceAccount exists once the controller-manager runs: pods
+  # (which the ServiceAccount admission plugin gives its token) can be created.
+  wait_for 60 "${kcm_pid}" "ServiceAccount default/default" default_sa_ready
+  log "kube-controller-manager and kube-scheduler running after $((SECONDS - began))s"
   log "KUBECONFIG=${lab}/kubeconfig"
 }
 
@@ -414,7 +510,8 @@ cmd_down() {
   # their own things in .lab/; then the directories, once empty.
   local had=0 f
   for f in "${lab}/kubeconfig" "${lab}/env" "${pki}" "${lab}/etcd" \
-    "${logs}/etcd.log" "${logs}/kube-apiserver.log"; do
+    "${logs}/etcd.log" "${logs}/kube-apiserver.log" "${logs}/kube-controller-manager.log" \
+    "${logs}/kube-scheduler.log" "${logs}/audit.log" "${lab}/audit-policy.yaml"; do
     if [[ -e "${f}" ]]; then
       had=1
       rm -rf "${f}"
@@ -455,14 +552,38 @@ cmd_status() {
   esac
 }
 
+cmd_restart() { # component
+  local c="$1" argv_file="${pids}/$1.argv"
+  [[ " ${components[*]} " == *" ${c} "* ]] || die "unknown component ${c} (one of: ${components[*]})"
+  [[ -f "${argv_file}" ]] || die "${c} has no recorded command line (${argv_file}): bring the control plane up with this script"
+  stop_components "${c}"
+  local -a argv
+  mapfile -d '' -t argv <"${argv_file}"
+  start_component "${c}" "${logs}/${c}.log" "${argv[@]}"
+  [[ "${c}" == kube-apiserver ]] || return 0
+  local timeout="${HERALD_READY_TIMEOUT:-60}"
+  local deadline=$((SECONDS + timeout))
+  until is_ready; do
+    pid_of "${c}" >/dev/null || die "${c} exited after its restart (log: ${logs}/${c}.log)"
+    ((SECONDS < deadline)) || die "${c} not ready ${timeout}s after its restart"
+    sleep 0.2
+  done
+  log "${c} restarted and ready"
+}
+
 cmd_env() {
   [[ -f "${lab}/env" ]] || die "the control plane is not up (no ${lab}/env)"
   cat "${lab}/env"
 }
 
 main() {
-  [[ $# -eq 1 ]] || usage
+  [[ $# -eq 1 || ($# -eq 2 && "$1" == restart) ]] || usage
   case "$1" in
+    restart)
+      exec 8<"${BASH_SOURCE[0]}"
+      flock 8
+      cmd_restart "$2"
+      ;;
     up | down | status | env)
       # One control-plane operation at a time on this machine: lock the
       # script file itself, so that no lock file is left behind.

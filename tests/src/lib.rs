@@ -14,7 +14,7 @@ use herald_config::pool::{IPAddressPool, IPAddressPoolSpec};
 use herald_controller::leader::LeaseSettings;
 use herald_controller::metrics::Metrics;
 use herald_controller::runtime::{self, ControllerSettings};
-use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceSpec};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -23,7 +23,14 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
 
+pub mod arp_watch;
+pub mod bench;
+pub mod chaos;
+pub mod lab_case;
+pub mod layout;
 pub mod node_lab;
+pub mod pausable_proxy;
+pub mod tools;
 
 /// The label every test pool carries, valued with the test's namespace.
 pub const TEST_LABEL: &str = "herald.dev/test";
@@ -53,6 +60,7 @@ async fn install_crds(client: Client) -> anyhow::Result<()> {
     for crd in [
         <IPAddressPool as kube::CustomResourceExt>::crd(),
         <herald_config::L2Advertisement as kube::CustomResourceExt>::crd(),
+        <herald_config::NodeL2Status as kube::CustomResourceExt>::crd(),
     ] {
         let name = crd.name_any();
         api.patch(&name, &params, &Patch::Apply(&crd)).await?;
@@ -163,6 +171,7 @@ impl TestEnv {
                 renew_deadline: Duration::from_secs(3),
                 retry_period: Duration::from_millis(500),
             },
+            api_timeout: Duration::from_secs(2),
             write_concurrency: 16,
             pool_status_interval: Duration::from_millis(200),
         }
@@ -187,7 +196,18 @@ impl TestEnv {
         client: Client,
         settings: ControllerSettings,
     ) -> RunningController {
-        let metrics = Arc::new(Metrics::new());
+        self.start_controller_observed(client, settings, Metrics::default())
+    }
+
+    /// Starts a controller with `client` that reports through `metrics` (its own liveness
+    /// limit, for one).
+    pub fn start_controller_observed(
+        &self,
+        client: Client,
+        settings: ControllerSettings,
+        metrics: Metrics,
+    ) -> RunningController {
+        let metrics = Arc::new(metrics);
         let (shutdown, rx) = watch::channel(false);
         let identity = settings.lease.identity.clone();
         let task = tokio::spawn(runtime::run(client, settings, metrics.clone(), rx));
@@ -260,34 +280,12 @@ impl TestEnv {
         annotations: &[(&str, &str)],
         edit: impl FnOnce(&mut ServiceSpec),
     ) -> anyhow::Result<Service> {
-        let mut spec = ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            load_balancer_class: Some(self.class.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
-            ..Default::default()
-        };
-        edit(&mut spec);
-        let svc = Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(spec),
-            status: None,
-        };
+        let svc = herald_fixtures::service(ns, name)
+            .class(&self.class)
+            .selector(&[("app", name)])
+            .annotations(annotations)
+            .spec_with(edit)
+            .build();
         let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
         Ok(api
             .patch(

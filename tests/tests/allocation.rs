@@ -361,3 +361,51 @@ async fn sharing_rules() -> anyhow::Result<()> {
     controller.stop().await;
     env.cleanup().await
 }
+
+/// A pool address equal to a Node's InternalIP is never handed out, and the pool's Event says
+/// whose address it is.
+#[tokio::test]
+async fn a_nodes_internal_ip_is_never_handed_out() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    init_tracing();
+    let env = TestEnv::new("node-address").await?;
+    let node = format!("{}-n", env.ns);
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    nodes
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": node}}))?,
+        )
+        .await?;
+    nodes
+        .patch_status(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": "192.0.2.240"},
+                {"type": "Hostname", "address": node},
+            ]}})),
+        )
+        .await?;
+    let result = async {
+        env.apply_pool("p", pool_spec(&["192.0.2.240/31"])).await?;
+        let controller = env.start_controller();
+        env.apply_service("s", &[], |_| {}).await?;
+        env.wait_ips("s", &["192.0.2.241"]).await?;
+        let note = env
+            .wait_event_in("default", &env.pool_name("p"), "NodeAddressInPool")
+            .await;
+        controller.stop().await;
+        let note = note?;
+        anyhow::ensure!(
+            note.contains(&format!("192.0.2.240 (node {node})")),
+            "{note}"
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = nodes.delete(&node, &DeleteParams::default()).await;
+    result?;
+    env.cleanup().await
+}

@@ -1,23 +1,23 @@
 //! End-to-end, in the node lab (root only): the data path the speaker relies on.
 //!
-//! No speaker runs here. Each test writes a selector-less `type: LoadBalancer` Service of a
-//! class nobody serves (`herald.dev/e2e-static`), its EndpointSlice (the nodes' backends) and its
-//! status IP itself, then stands in for the speaker's ARP/NDP answer with a static neighbour entry
-//! in the client namespace (VIP → a node's MAC) and `curl`s the VIP from the client. What answers
-//! is kube-proxy's rules in the node namespace that got the frame.
+//! Herald plays no part here. Each test writes a selector-less `type: LoadBalancer` Service of a
+//! class nobody serves (`herald.dev/e2e-static`), its EndpointSlice (backend pods it places on
+//! chosen nodes) and its status IP itself, then stands in for the speaker's ARP/NDP answer with a
+//! static neighbour entry in the client namespace (VIP → a node's MAC) and `curl`s the VIP from
+//! the client. What answers is kube-proxy's rules in the node namespace that got the frame. (The
+//! other end-to-end tests use Services with selectors, whose EndpointSlices Kubernetes writes.)
 //!
 //! What the lab shows (kube-proxy v1.34, nftables mode):
 //! - Cluster policy: any node that gets the frame carries the request to any node's backend. A
 //!   request served by another node's backend arrives there from the receiving node's address
-//!   (masqueraded); one served by the receiving node's own backend keeps the client's address (the
-//!   lab's "pods" are local addresses, so that path has no POSTROUTING and no masquerade).
+//!   (masqueraded).
 //! - Local policy: only a node with a ready local endpoint answers, and the backend sees the
 //!   client's own address. A node without one drops the traffic silently (curl times out, no
 //!   RST), and its health-check node port answers 503 where the endpoint's node answers 200. When
 //!   the endpoint moves, the answering node moves with it.
 //!
 //! Run: `make lab-up` as root (or `tests/lab/lab.sh up`), then
-//! `KUBECONFIG=.lab/kubeconfig cargo test -p herald-tests --test e2e_lab`.
+//! `KUBECONFIG=.lab/kubeconfig cargo test -p herald-tests --test e2e_lab -- --ignored`.
 //! The VIPs used are 192.0.2.148, 192.0.2.149 and 2001:db8::1ff (top of the lab's pool ranges).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,17 +57,14 @@ async fn pin_neighbour(lab: &Lab, vip: &str, mac: &str) -> anyhow::Result<()> {
     .map(|_| ())
 }
 
-/// One test's namespace, Services, EndpointSlices and neighbour entries.
-///
-/// The lab has no controller-manager: a deleted namespace stays `Terminating` for ever with
-/// everything in it, and kube-proxy keeps serving its Services. So a case deletes its Services
-/// and EndpointSlices itself, and first removes any Service of [`CLASS`] still holding its VIP
-/// (left by an interrupted run).
+/// One test's namespace, Services, backend pods, EndpointSlices and neighbour entries. A case
+/// first removes any Service of [`CLASS`] still holding its VIP (left by an interrupted run).
 struct Case {
     client: Client,
     ns: String,
     vips: Vec<String>,
     services: Vec<String>,
+    backend_image: String,
 }
 
 impl Case {
@@ -86,6 +83,7 @@ impl Case {
             ns,
             vips: Vec::new(),
             services: Vec::new(),
+            backend_image: lab.backend_image()?.to_string(),
         })
     }
 
@@ -162,20 +160,19 @@ impl Case {
             .await?)
     }
 
-    /// The Service's one EndpointSlice: each node's backend, ready, port 8080.
+    /// The Service's one EndpointSlice, written here: a backend pod on each of `nodes` (placed
+    /// first, and removed from other nodes), ready, port 8080.
     async fn endpoints(&self, service: &str, family: &str, nodes: &[&Node]) -> anyhow::Result<()> {
+        let backends =
+            place_backends(&self.client, &self.backend_image, &self.ns, service, nodes).await?;
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
-        let endpoints: Vec<_> = nodes
+        let endpoints: Vec<_> = backends
             .iter()
-            .map(|n| {
-                let addr = if family == "IPv6" {
-                    &n.pod_ip6
-                } else {
-                    &n.pod_ip4
-                };
+            .map(|b| {
+                let addr = if family == "IPv6" { &b.ip6 } else { &b.ip4 };
                 json!({
                     "addresses": [addr],
-                    "nodeName": n.name,
+                    "nodeName": b.node,
                     "conditions": {"ready": true, "serving": true, "terminating": false},
                 })
             })
@@ -280,11 +277,10 @@ async fn every_node_carries(
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn cluster_policy_vip_is_served_through_any_node() -> anyhow::Result<()> {
     let test = "cluster_policy_vip_is_served_through_any_node";
-    let Some(lab) = Lab::load(test) else {
-        return Ok(());
-    };
+    let lab = Lab::load(test)?;
     init_tracing();
     let mut case = Case::new(&lab, "e2e-cluster").await?;
     let result = async {
@@ -306,17 +302,16 @@ async fn cluster_policy_vip_is_served_through_any_node() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn local_policy_vip_is_served_only_where_the_endpoint_is() -> anyhow::Result<()> {
     let test = "local_policy_vip_is_served_only_where_the_endpoint_is";
-    let Some(lab) = Lab::load(test) else {
-        return Ok(());
-    };
+    let lab = Lab::load(test)?;
     init_tracing();
     let nodes = lab.nodes()?;
-    if nodes.len() < 2 {
-        skipped(&format!("{test}: needs 2 nodes or more (HERALD_NODES)"));
-        return Ok(());
-    }
+    ensure!(
+        nodes.len() >= 2,
+        "{test}: needs 2 nodes or more (HERALD_NODES)"
+    );
     let mut case = Case::new(&lab, "e2e-local").await?;
     let result = async {
         let client_ip = lab.var("HERALD_CLIENT_IP4")?.to_string();
@@ -412,11 +407,10 @@ async fn health(lab: &Lab, url: &str) -> anyhow::Result<(u16, String)> {
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn ipv6_vip_is_served_through_any_node() -> anyhow::Result<()> {
     let test = "ipv6_vip_is_served_through_any_node";
-    let Some(lab) = Lab::load(test) else {
-        return Ok(());
-    };
+    let lab = Lab::load(test)?;
     init_tracing();
     let mut case = Case::new(&lab, "e2e-ipv6").await?;
     let result = async {

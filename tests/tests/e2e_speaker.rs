@@ -3,7 +3,7 @@
 //! SIGTERM, a link down, a cut bridge port, membership traffic dropped).
 //!
 //! Run: `make e2e` as root (or `tests/lab/lab.sh up` and
-//! `cargo test -p herald-tests --test e2e_speaker -- --test-threads=1`). Each test uses its own
+//! `cargo test -p herald-tests --test e2e_speaker -- --ignored --test-threads=1`). Each test uses its own
 //! pool in 192.0.2.124-192.0.2.139 / 2001:db8::124-2001:db8::139 and its own namespace, and
 //! restarts any speaker it stopped.
 
@@ -11,272 +11,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use herald_tests::lab_case::*;
 use herald_tests::node_lab::*;
-use herald_tests::{init_tracing, rand_u32};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-
-/// The tests stop and start shared speakers: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Case {
-    client: Client,
-    ns: String,
-    pool: String,
-}
-
-impl Case {
-    /// A namespace, a pool of `v4`/`v6` ranges and an advertisement on eth0.
-    async fn new(lab: &Lab, test: &str, v4: &str, v6: &str) -> anyhow::Result<Case> {
-        let client = lab.client().await?;
-        let ns = format!("{test}-{:x}", rand_u32() & 0xffff);
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
-        let pool = format!("e2e-{test}");
-        let apply = PatchParams::apply("herald-e2e").force();
-        let pools: Api<herald_config::IPAddressPool> = Api::all(client.clone());
-        pools
-            .patch(
-                &pool,
-                &apply,
-                &Patch::Apply(json!({
-                    "apiVersion": "herald.dev/v1beta1", "kind": "IPAddressPool",
-                    "metadata": {"name": pool}, "spec": {"addresses": [v4, v6]}
-                })),
-            )
-            .await?;
-        let ads: Api<herald_config::L2Advertisement> = Api::all(client.clone());
-        ads.patch(
-            &pool,
-            &apply,
-            &Patch::Apply(json!({
-                "apiVersion": "herald.dev/v1beta1", "kind": "L2Advertisement",
-                "metadata": {"name": pool},
-                "spec": {"ipAddressPools": [pool], "interfaces": ["eth0"]}
-            })),
-        )
-        .await?;
-        Ok(Case { client, ns, pool })
-    }
-
-    /// A selector-less LoadBalancer Service (the lab's controller gives it IPs).
-    async fn service(&self, name: &str, dual: bool, policy: &str) -> anyhow::Result<()> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
-        let families = if dual {
-            json!(["IPv4", "IPv6"])
-        } else {
-            json!(["IPv4"])
-        };
-        let family_policy = if dual {
-            "RequireDualStack"
-        } else {
-            "SingleStack"
-        };
-        services
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": name},
-                    "spec": {
-                        "type": "LoadBalancer", "externalTrafficPolicy": policy,
-                        "ipFamilyPolicy": family_policy, "ipFamilies": families,
-                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]
-                    }
-                }))?,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The Service's endpoints: the backends of `nodes`, for each family.
-    async fn endpoints(&self, service: &str, nodes: &[&Node]) -> anyhow::Result<()> {
-        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
-        for (family, suffix) in [("IPv4", "v4"), ("IPv6", "v6")] {
-            let endpoints: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    let ip = if family == "IPv4" {
-                        &n.pod_ip4
-                    } else {
-                        &n.pod_ip6
-                    };
-                    json!({"addresses": [ip], "nodeName": n.name, "conditions": {"ready": true}})
-                })
-                .collect();
-            let name = format!("{service}-{suffix}");
-            slices
-                .patch(
-                    &name,
-                    &PatchParams::apply("herald-e2e").force(),
-                    &Patch::Apply(json!({
-                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
-                        "addressType": family,
-                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                        "endpoints": endpoints
-                    })),
-                )
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the Service's status IPs.
-    async fn ips(&self, service: &str, count: usize) -> anyhow::Result<Vec<String>> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
-        for _ in 0..200 {
-            let ips: Vec<String> =
-                herald_config::service::status_ips(&services.get(service).await?)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-            if ips.len() == count {
-                return Ok(ips);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("{service} never got {count} IPs")
-    }
-
-    async fn cleanup(self) {
-        let ns: Api<Namespace> = Api::all(self.client.clone());
-        // Without a controller-manager a namespace never finishes terminating: delete what
-        // kube-proxy and the speakers act on first.
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
-        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
-        let _ = services
-            .delete_collection(&DeleteParams::default(), &Default::default())
-            .await;
-        let _ = slices
-            .delete_collection(&DeleteParams::default(), &Default::default())
-            .await;
-        let _ = ns.delete(&self.ns, &DeleteParams::default()).await;
-        let pools: Api<herald_config::IPAddressPool> = Api::all(self.client.clone());
-        let ads: Api<herald_config::L2Advertisement> = Api::all(self.client.clone());
-        let _ = pools.delete(&self.pool, &DeleteParams::default()).await;
-        let _ = ads.delete(&self.pool, &DeleteParams::default()).await;
-    }
-}
-
-impl Case {
-    /// Waits until the Service's `herald.dev/Announced` condition names `node` on eth0, and an
-    /// `AnnouncerChanged` Event says so.
-    async fn condition_names(&self, service: &str, node: &str) -> anyhow::Result<()> {
-        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
-        let want = herald_speaker::service_status::message(node, "eth0");
-        let mut last = None;
-        for _ in 0..100 {
-            last = herald_speaker::service_status::current(&services.get(service).await?);
-            if last.as_deref() == Some(want.as_str()) {
-                let events: Api<k8s_openapi::api::events::v1::Event> =
-                    Api::namespaced(self.client.clone(), &self.ns);
-                let seen = events
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .iter()
-                    .any(|e| {
-                        e.reason.as_deref() == Some("AnnouncerChanged")
-                            && e.note.as_deref() == Some(want.as_str())
-                    });
-                if seen {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("{service}: condition {last:?}, wanted {want:?} with its Event")
-    }
-}
-
-/// The nodes whose speaker reports announcing `ip`.
-async fn announcers(lab: &Lab, ip: &str) -> anyhow::Result<Vec<Node>> {
-    let mut out = Vec::new();
-    let needle = format!("herald_speaker_announced{{ip=\"{ip}\"}} 1");
-    for node in lab.nodes()? {
-        let metrics = speaker_metrics(&node.name).await.unwrap_or_default();
-        if metrics.contains(&needle) {
-            out.push(node);
-        }
-    }
-    Ok(out)
-}
-
-/// Waits until exactly one node announces `ip` (and, if given, a node other than `not`).
-async fn one_announcer(lab: &Lab, ip: &str, not: Option<&str>) -> anyhow::Result<Node> {
-    let mut last = Vec::new();
-    for _ in 0..150 {
-        last = announcers(lab, ip).await?;
-        if let [one] = last.as_slice()
-            && not != Some(one.name.as_str())
-        {
-            return Ok(one.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{ip}: expected one announcer, have {:?}",
-        last.iter().map(|n| &n.name).collect::<Vec<_>>()
-    )
-}
-
-/// One `arping` probe from the client: the MACs that replied.
-async fn arping_once(lab: &Lab, ip: &str) -> anyhow::Result<BTreeSet<String>> {
-    let out = tokio::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            lab.client_ns()?,
-            "arping",
-            "-c",
-            "1",
-            "-w",
-            "1",
-            "-I",
-            "eth0",
-            ip,
-        ])
-        .output()
-        .await
-        .context("arping")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("reply from"))
-        .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_lowercase()))
-        .collect())
-}
-
-/// `ndisc6` from the client: the MAC that answered.
-async fn ndisc_mac(lab: &Lab, ip: &str) -> anyhow::Result<String> {
-    let out = run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            lab.client_ns()?,
-            "ndisc6",
-            "-r",
-            "3",
-            "-w",
-            "500",
-            ip,
-            "eth0",
-        ],
-    )
-    .await?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("Target link-layer address: "))
-        .map(|m| m.trim().to_lowercase())
-        .with_context(|| format!("no answer in {out:?}"))
-}
 
 /// The client's neighbour entry for `ip`.
 async fn neighbour(lab: &Lab, ip: &str) -> anyhow::Result<Option<String>> {
@@ -288,61 +27,15 @@ async fn neighbour(lab: &Lab, ip: &str) -> anyhow::Result<Option<String>> {
         .map(str::to_lowercase))
 }
 
-fn index(node: &Node) -> String {
-    node.name.trim_start_matches("hl-node").to_string()
-}
-
-async fn speakers(lab: &Lab, action: &str, node: &Node) -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/speakers.sh");
-    let out = tokio::process::Command::new(script)
-        .arg(action)
-        .arg(index(node))
-        .env("HERALD_LAB_DIR", &lab.dir)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "speakers.sh {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-fn url(ip: &str) -> String {
-    if ip.contains(':') {
-        format!("http://[{ip}]/")
-    } else {
-        format!("http://{ip}/")
-    }
-}
-
-/// Runs `body` with a fresh case, and always cleans up.
+/// Runs `body` with a fresh case (a pool of one IPv4 and one IPv6 address), and always cleans up.
 macro_rules! e2e {
-    ($test:expr, $v4:expr, $v6:expr, |$lab:ident, $case:ident| $body:block) => {{
-        let Some($lab) = Lab::load($test) else {
-            return Ok(());
-        };
-        init_tracing();
-        let _serial = SERIAL.lock().await;
-        let $case = Case::new(
-            &$lab,
-            $test
-                .replace('_', "-")
-                .chars()
-                .take(30)
-                .collect::<String>()
-                .trim_end_matches('-'),
-            $v4,
-            $v6,
-        )
-        .await?;
-        let result: anyhow::Result<()> = async { $body }.await;
-        $case.cleanup().await;
-        result
-    }};
+    ($test:expr, $v4:expr, $v6:expr, |$lab:ident, $case:ident| $body:block) => {
+        herald_tests::lab_case!($test, &[$v4, $v6], |$lab, $case| $body)
+    };
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn one_node_answers_arp_and_ndp_and_traffic_flows() -> anyhow::Result<()> {
     e2e!(
         "one_node_answers",
@@ -361,7 +54,7 @@ async fn one_node_answers_arp_and_ndp_and_traffic_flows() -> anyhow::Result<()> 
                 owner.name == owner6.name,
                 "both IPs of a dual-stack Service from one node"
             );
-            case.condition_names("web", &owner.name).await?;
+            condition_names(&case, "web", &owner.name, "eth0").await?;
             for _ in 0..3 {
                 let macs = arping_once(&lab, v4).await?;
                 ensure!(
@@ -384,6 +77,7 @@ async fn one_node_answers_arp_and_ndp_and_traffic_flows() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn local_policy_announces_only_where_the_endpoint_is() -> anyhow::Result<()> {
     e2e!(
         "local_policy",
@@ -444,7 +138,8 @@ async fn failover(test: &str, v4: &str, v6: &str, fault: &str) -> anyhow::Result
         // Let Linux's 1 s neighbour locktime pass, as it has in a client that resolved long ago.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let faulted = Instant::now();
-        let restore: Vec<Vec<String>> = match fault {
+        // The nodes whose link to bring back up (with the routes and address it lost).
+        let restore: Vec<String> = match fault {
             "kill" => {
                 speakers(&lab, "kill", &owner).await?;
                 vec![]
@@ -453,16 +148,14 @@ async fn failover(test: &str, v4: &str, v6: &str, fault: &str) -> anyhow::Result
                 speakers(&lab, "stop", &owner).await?;
                 vec![]
             }
+            "delete" => {
+                speakers(&lab, "delete", &owner).await?;
+                vec![]
+            }
             "link" => {
-                run("ip", &["-n", &owner.name, "link", "set", "eth0", "down"]).await?;
-                vec![vec![
-                    "-n".into(),
-                    owner.name.clone(),
-                    "link".into(),
-                    "set".into(),
-                    "eth0".into(),
-                    "up".into(),
-                ]]
+                let index = owner.index.to_string();
+                lab.script("nodes.sh", &["link", "down", &index]).await?;
+                vec![index]
             }
             other => bail!("unknown fault {other}"),
         };
@@ -479,15 +172,14 @@ async fn failover(test: &str, v4: &str, v6: &str, fault: &str) -> anyhow::Result
                 "entry {mac}, owner {}",
                 new_owner.mac
             );
-            case.condition_names("web", &new_owner.name).await?;
+            condition_names(&case, "web", &new_owner.name, "eth0").await?;
             let reply = fetch_eventually(&lab, &url(&ip)).await?;
             ensure!(reply.node.starts_with("hl-node"));
             Ok(())
         }
         .await;
-        for args in restore {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run("ip", &args).await?;
+        for index in restore {
+            lab.script("nodes.sh", &["link", "up", &index]).await?;
         }
         speakers(&lab, "start", &owner).await?;
         result
@@ -495,6 +187,7 @@ async fn failover(test: &str, v4: &str, v6: &str, fault: &str) -> anyhow::Result
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn sigkill_of_the_owner_fails_over_by_gratuitous_arp() -> anyhow::Result<()> {
     failover(
         "sigkill_failover",
@@ -506,6 +199,7 @@ async fn sigkill_of_the_owner_fails_over_by_gratuitous_arp() -> anyhow::Result<(
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn sigterm_hands_over() -> anyhow::Result<()> {
     failover(
         "sigterm_handover",
@@ -516,7 +210,21 @@ async fn sigterm_hands_over() -> anyhow::Result<()> {
     .await
 }
 
+/// `kubectl delete pod` of the owner's speaker: SIGTERM from the kubelet, a graceful handover.
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
+async fn speaker_pod_deleted_hands_over() -> anyhow::Result<()> {
+    failover(
+        "pod_delete_handover",
+        "192.0.2.135/32",
+        "2001:db8::135/128",
+        "delete",
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn owner_link_down_fails_over() -> anyhow::Result<()> {
     failover(
         "link_down_failover",
@@ -527,21 +235,6 @@ async fn owner_link_down_fails_over() -> anyhow::Result<()> {
     .await
 }
 
-/// Probes every ~50 ms for `for_`, failing if one probe is answered by two MACs.
-async fn never_two_macs(lab: &Lab, ip: &str, for_: Duration) -> anyhow::Result<BTreeSet<String>> {
-    let start = Instant::now();
-    let mut seen = BTreeSet::new();
-    while start.elapsed() < for_ {
-        let macs = arping_once(lab, ip).await?;
-        ensure!(
-            macs.len() <= 1,
-            "{ip}: two MACs answered one probe: {macs:?}"
-        );
-        seen.extend(macs);
-    }
-    Ok(seen)
-}
-
 async fn partition(test: &str, v4: &str, v6: &str, gossip_only: bool) -> anyhow::Result<()> {
     e2e!(test, v4, v6, |lab, case| {
         case.service("web", false, "Cluster").await?;
@@ -550,27 +243,22 @@ async fn partition(test: &str, v4: &str, v6: &str, gossip_only: bool) -> anyhow:
             .await?;
         let ip = case.ips("web", 1).await?.remove(0);
         let owner = one_announcer(&lab, &ip, None).await?;
-        let port = format!("node{}", index(&owner));
+        let port = format!("node{}", owner.index);
         let switch = lab.var("HERALD_SWITCH_NS")?.to_string();
-        let cut = async {
-            if gossip_only {
-                cut_gossip(&owner).await
-            } else {
-                run("ip", &["-n", &switch, "link", "set", &port, "down"])
-                    .await
-                    .map(|_| ())
-            }
+        let gossip = if gossip_only {
+            Some(MembershipFault::both_ways(&owner).await?)
+        } else {
+            run("ip", &["-n", &switch, "link", "set", &port, "down"]).await?;
+            None
         };
         let heal = async {
-            if gossip_only {
-                heal_gossip(&owner).await
-            } else {
-                run("ip", &["-n", &switch, "link", "set", &port, "up"])
+            match gossip {
+                Some(fault) => fault.heal().await,
+                None => run("ip", &["-n", &switch, "link", "set", &port, "up"])
                     .await
-                    .map(|_| ())
+                    .map(|_| ()),
             }
         };
-        cut.await?;
         let result = async {
             // During the cut and after the heal, no probe ever gets two answers.
             let during = never_two_macs(&lab, &ip, Duration::from_secs(3)).await?;
@@ -598,16 +286,19 @@ async fn partition(test: &str, v4: &str, v6: &str, gossip_only: bool) -> anyhow:
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn cut_bridge_port_never_two_macs() -> anyhow::Result<()> {
     partition("bridge_cut", "192.0.2.129/32", "2001:db8::129/128", false).await
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn gossip_only_cut_never_two_macs() -> anyhow::Result<()> {
     partition("gossip_cut", "192.0.2.130/32", "2001:db8::130/128", true).await
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn garbage_frames_are_dropped_and_counted() -> anyhow::Result<()> {
     e2e!(
         "garbage_frames",
@@ -653,6 +344,11 @@ for f in frames:
             ensure!(arping_once(&lab, &ip).await? == BTreeSet::from([owner.mac.to_lowercase()]));
 
             // Forged and garbage membership datagrams: refused and counted; nothing changes.
+            let rejected = |metrics: &str| {
+                herald_tests::bench::metrics::Samples::parse(metrics)
+                    .sum("herald_speaker_heartbeats_rejected_total", &[])
+            };
+            let rejected_before = rejected(&speaker_metrics(&owner.name).await?);
             let forge = format!(
                 r#"
 import socket, os
@@ -671,14 +367,13 @@ for _ in range(20):
             .await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let metrics = speaker_metrics(&owner.name).await?;
-            for reason in ["bad_tag", "bad_version"] {
-                ensure!(
-                    metrics.contains(&format!(
-                        "herald_speaker_heartbeats_rejected_total{{reason=\"{reason}\"}}"
-                    )),
-                    "no {reason} count:\n{metrics}"
-                );
-            }
+            // All 40 refused before any HMAC (structure or source: the client is no node);
+            // the flood test in e2e_faults sends well-formed and replayed heartbeats too.
+            let refused = rejected(&metrics) - rejected_before;
+            ensure!(
+                refused >= 40.0,
+                "{refused} of 40 forged or garbage datagrams counted as refused:\n{metrics}"
+            );
             ensure!(
                 metrics.contains(&format!("herald_speaker_members {}", nodes.len())),
                 "membership changed:\n{metrics}"
@@ -727,20 +422,8 @@ s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
     )
 }
 
-/// Patches a Node's labels (`null` removes one).
-async fn label_node(client: &Client, node: &str, labels: serde_json::Value) -> anyhow::Result<()> {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": labels}})),
-        )
-        .await?;
-    Ok(())
-}
-
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn exclusion_label_node_selectors_and_interfaces_decide_the_owner() -> anyhow::Result<()> {
     e2e!(
         "selectors",
@@ -821,6 +504,7 @@ async fn exclusion_label_node_selectors_and_interfaces_decide_the_owner() -> any
 }
 
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn a_shared_ip_has_one_owner_for_all_its_services() -> anyhow::Result<()> {
     e2e!(
         "shared_ip",
@@ -834,7 +518,7 @@ async fn a_shared_ip_has_one_owner_for_all_its_services() -> anyhow::Result<()> 
                     &PostParams::default(),
                     &serde_json::from_value(json!({
                         "metadata": {"name": name, "annotations": {"herald.dev/allow-shared-ip": "shared"}},
-                        "spec": {"type": "LoadBalancer",
+                        "spec": {"type": "LoadBalancer", "selector": {"app": name},
                                  "ports": [{"name": "http", "port": port, "targetPort": 8080}]}
                     }))?,
                 )
@@ -857,84 +541,24 @@ async fn a_shared_ip_has_one_owner_for_all_its_services() -> anyhow::Result<()> 
     )
 }
 
-/// Waits until exactly one node other than `not` announces `ip`, for up to `limit`.
-async fn another_announcer(
-    lab: &Lab,
-    ip: &str,
-    not: &str,
-    limit: Duration,
-) -> anyhow::Result<Node> {
-    let start = Instant::now();
-    let mut last = Vec::new();
-    while start.elapsed() < limit {
-        last = announcers(lab, ip).await?;
-        if let [one] = last.as_slice()
-            && one.name != not
-        {
-            return Ok(one.clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{ip}: no single announcer other than {not} after {limit:?}: {:?}",
-        last.iter().map(|n| &n.name).collect::<Vec<_>>()
-    )
-}
-
-/// Drops membership traffic in and out of `node` (the LAN and the API stay reachable).
-async fn cut_gossip(node: &Node) -> anyhow::Result<()> {
-    let rules = "table inet herald_cut { \
-                 chain cut_in { type filter hook input priority -10; udp dport 7947 drop; }; \
-                 chain cut_out { type filter hook output priority -10; udp dport 7947 drop; }; }";
-    run("ip", &["netns", "exec", &node.name, "nft", rules]).await?;
-    Ok(())
-}
-
-async fn heal_gossip(node: &Node) -> anyhow::Result<()> {
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &node.name,
-            "nft",
-            "delete table inet herald_cut",
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// A two-node cluster (the third Node object deleted, its speaker stopped): one node alone is
-/// only half, a tie, which the witness Lease breaks. A gossip-only cut between the two leaves
-/// exactly one MAC answering (the holder's side); killing the owner's speaker lets the
-/// survivor take over through the witness.
+/// A two-node cluster (the third node's kubelet stopped, its speaker killed, its Node object
+/// deleted): one node alone is only half, a tie, which the witness Lease breaks. A gossip-only
+/// cut between the two leaves exactly one MAC answering (the holder's side); killing the owner's
+/// speaker lets the survivor take over through the witness.
 #[tokio::test]
+#[ignore = "end-to-end: needs root and the lab cluster (make e2e)"]
 async fn two_node_cluster_breaks_ties_with_the_witness_lease() -> anyhow::Result<()> {
     e2e!(
         "two_node_witness",
         "192.0.2.134/32",
         "2001:db8::134/128",
         |lab, case| {
-            use k8s_openapi::api::core::v1::Node as NodeObject;
+            // The third node leaves for good: no kubelet to restart its speaker, no Node.
+            let (ip, third) = two_node_cluster(&lab, &case, "web").await?;
             let nodes = lab.nodes()?;
-            ensure!(nodes.len() >= 3, "needs the three-node lab");
-            let third = nodes[2].clone();
             let pair = [nodes[0].clone(), nodes[1].clone()];
-            case.service("web", false, "Cluster").await?;
-            case.endpoints("web", &pair.iter().collect::<Vec<_>>())
-                .await?;
-            let ip = case.ips("web", 1).await?.remove(0);
-            one_announcer(&lab, &ip, None).await?;
-
-            let node_api: Api<NodeObject> = Api::all(case.client.clone());
-            let saved = node_api.get(&third.name).await?;
-            speakers(&lab, "stop", &third).await?;
-            node_api
-                .delete(&third.name, &DeleteParams::default())
-                .await?;
             let mut killed: Option<Node> = None;
-            let mut cut: Option<Node> = None;
+            let mut cut: Option<MembershipFault> = None;
             let result = async {
                 // Two Nodes, both speakers heard: a majority; one owner as before.
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -946,8 +570,7 @@ async fn two_node_cluster_breaks_ties_with_the_witness_lease() -> anyhow::Result
                 );
 
                 // Gossip-only cut: both sides see a tie; only the witness holder's answers.
-                cut_gossip(&owner).await?;
-                cut = Some(owner.clone());
+                cut = Some(MembershipFault::both_ways(&owner).await?);
                 let during = never_two_macs(&lab, &ip, Duration::from_secs(4)).await?;
                 let holder_side = one_announcer(&lab, &ip, None).await?;
                 ensure!(
@@ -959,15 +582,20 @@ async fn two_node_cluster_breaks_ties_with_the_witness_lease() -> anyhow::Result
                     "gossip cut in a two-node cluster: only {} answered",
                     holder_side.name
                 );
-                heal_gossip(&owner).await?;
-                cut = None;
+                if let Some(fault) = cut.take() {
+                    fault.heal().await?;
+                }
                 never_two_macs(&lab, &ip, Duration::from_secs(4)).await?;
 
-                // The owner's speaker killed: the survivor is half the cluster and takes over
-                // once it holds the witness (at once if free, else after its 10 s expiry).
+                // The owner's speaker killed for good (its kubelet stopped first, or it would
+                // restart the container within a second and, back in a cluster of two, win the
+                // IP again): the survivor is half the cluster and takes over once it holds the
+                // witness (at once if free, else after its 10 s expiry).
                 let owner = one_announcer(&lab, &ip, None).await?;
-                speakers(&lab, "kill", &owner).await?;
+                lab.script("nodes.sh", &["kubelet", "stop", &owner.index.to_string()])
+                    .await?;
                 killed = Some(owner.clone());
+                speakers(&lab, "kill", &owner).await?;
                 let faulted = Instant::now();
                 let survivor =
                     another_announcer(&lab, &ip, &owner.name, Duration::from_secs(20)).await?;
@@ -985,39 +613,16 @@ async fn two_node_cluster_breaks_ties_with_the_witness_lease() -> anyhow::Result
                 Ok(())
             }
             .await;
-            if let Some(node) = cut {
-                heal_gossip(&node).await?;
+            if let Some(fault) = cut {
+                fault.heal().await?;
             }
             if let Some(node) = killed {
+                lab.script("nodes.sh", &["kubelet", "start", &node.index.to_string()])
+                    .await?;
+                wait_node_ready(&case.client, &node.name).await?;
                 speakers(&lab, "start", &node).await?;
             }
-            // The third Node comes back as the lab made it, then its speaker.
-            let restored = NodeObject {
-                metadata: kube::api::ObjectMeta {
-                    name: saved.metadata.name.clone(),
-                    labels: saved.metadata.labels.clone(),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            for _ in 0..50 {
-                match node_api.create(&PostParams::default(), &restored).await {
-                    Ok(_) => break,
-                    // Still being deleted.
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            node_api
-                .patch_status(
-                    &third.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": saved.status})),
-                )
-                .await?;
-            speakers(&lab, "start", &third).await?;
+            restore_third(&lab, &case, &third).await?;
             result
         }
     )

@@ -52,7 +52,39 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
         ),
         ("empty", &[], "spec.addresses"),
     ];
-    for (name, addresses, field) in cases {
+    let reserved: &[(&str, &[&str], &str)] = &[
+        ("multicast", &["224.0.0.1"], "spec.addresses[0]"),
+        (
+            "multicast-cidr",
+            &["192.0.2.0/24", "239.1.0.0/16"],
+            "spec.addresses[1]",
+        ),
+        ("holds-multicast", &["192.0.0.0/2"], "spec.addresses[0]"),
+        ("broadcast", &["255.255.255.255"], "spec.addresses[0]"),
+        ("loopback", &["127.0.0.0/8"], "spec.addresses[0]"),
+        ("everything", &["0.0.0.0/0"], "spec.addresses[0]"),
+        (
+            "link-local",
+            &["169.254.0.1-169.254.0.9"],
+            "spec.addresses[0]",
+        ),
+        ("unspecified", &["::"], "spec.addresses[0]"),
+        ("loopback6", &["::1"], "spec.addresses[0]"),
+        ("link-local6", &["fe80::/64"], "spec.addresses[0]"),
+        (
+            "multicast6",
+            &["2001:db8::1", "ff02::1"],
+            "spec.addresses[1]",
+        ),
+        ("holds-multicast6", &["f000::/4"], "spec.addresses[0]"),
+    ];
+    let reserved_message =
+        "holds multicast, broadcast, loopback, link-local or unspecified addresses";
+    let expected = cases
+        .iter()
+        .map(|case| (case, None))
+        .chain(reserved.iter().map(|case| (case, Some(reserved_message))));
+    for ((name, addresses, field), says) in expected {
         let message = refused(
             &api,
             &env,
@@ -61,6 +93,9 @@ async fn bad_pools_are_refused_naming_the_field() -> anyhow::Result<()> {
         )
         .await;
         assert!(message.contains(field), "{name}: {message}");
+        if let Some(says) = says {
+            assert!(message.contains(says), "{name}: {message}");
+        }
     }
     let mut negative = pool_spec(&["192.0.2.0/28"]);
     negative.service_allocation = Some(ServiceAllocation {

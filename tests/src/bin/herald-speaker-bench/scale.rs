@@ -1,0 +1,229 @@
+//! The scale phase: N Services created as fast as the API server takes them; time from the last
+//! create to the last status written, for the status the controller writes (the IP in
+//! `status.loadBalancer.ingress`) and for the speakers' record of who announces (Herald: the
+//! `herald.dev/Announced` condition on the Service; MetalLB: a `ServiceL2Status` object). Both are
+//! timed by watches opened before the first create, so a status is timed when the API server
+//! sends it, not when a poll finds it.
+
+use super::*;
+use kube::api::DynamicObject;
+use kube::runtime::watcher;
+use std::sync::Mutex;
+
+/// When each Service's statuses arrived.
+#[derive(Debug, Default)]
+pub(crate) struct Arrivals {
+    pub(crate) ingress: BTreeMap<String, Instant>,
+    pub(crate) announced: BTreeMap<String, Instant>,
+}
+
+/// Whether a Service carries Herald's Announced condition, true.
+pub(crate) fn herald_announced(s: &Service) -> bool {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == ANNOUNCED_CONDITION && c.status == "True")
+        })
+}
+
+/// Seconds from `from` to the latest of `times`, if there is one.
+pub(crate) fn last_after(times: &BTreeMap<String, Instant>, from: Instant) -> Option<f64> {
+    times
+        .values()
+        .max()
+        .map(|t| t.saturating_duration_since(from).as_secs_f64())
+}
+
+pub(crate) const SCALE_PREFIX: &str = "scale-";
+
+impl Bench {
+    pub(crate) async fn phase_scale(&mut self) -> anyhow::Result<()> {
+        for n in self.opts.scale_sizes.clone() {
+            self.wait_quiet("the scale phase").await;
+            let r = self.scale_run(n).await?;
+            log(format!("scale, {n} Services: {r}"));
+            self.record("scale", r);
+        }
+        Ok(())
+    }
+
+    async fn scale_run(&mut self, n: usize) -> anyhow::Result<Value> {
+        let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut watches = Vec::new();
+        {
+            let arrivals = arrivals.clone();
+            let herald = self.system == System::Herald;
+            let stream = watcher(services.clone(), watcher::Config::default());
+            watches.push(tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) = event else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let Some(name) = s.metadata.name.clone() else {
+                        continue;
+                    };
+                    if !name.starts_with(SCALE_PREFIX) {
+                        continue;
+                    }
+                    let mut a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                    if !herald_config::service::status_ips(&s).is_empty() {
+                        a.ingress.entry(name.clone()).or_insert(now);
+                    }
+                    if herald && herald_announced(&s) {
+                        a.announced.entry(name).or_insert(now);
+                    }
+                }
+            }));
+        }
+        if self.system == System::Metallb {
+            let arrivals = arrivals.clone();
+            let ns = self.ns.clone();
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                self.client.clone(),
+                System::Metallb.namespace(),
+                &System::l2_status_resource(),
+            );
+            let stream = watcher(api, watcher::Config::default());
+            watches.push(tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = event else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let Ok(v) = serde_json::to_value(&o) else {
+                        continue;
+                    };
+                    let Some((service, _node)) = system::l2_status_announcer(&v) else {
+                        continue;
+                    };
+                    let Some(name) = service.strip_prefix(&format!("{ns}/")) else {
+                        continue;
+                    };
+                    if name.starts_with(SCALE_PREFIX) {
+                        let mut a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                        a.announced.entry(name.to_string()).or_insert(now);
+                    }
+                }
+            }));
+        }
+        // Let the watches list and start watching.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (gained0, _, _) = self.churn().await;
+        let first = Instant::now();
+        let names: Vec<String> = (0..n).map(|k| format!("{SCALE_PREFIX}{k:05}")).collect();
+        let this = &*self;
+        let mut creates = futures::stream::iter(
+            names
+                .iter()
+                .map(|name| async move { this.create_service(name, true, "Cluster", None).await }),
+        )
+        .buffer_unordered(32);
+        let mut last_create = first;
+        while let Some(r) = creates.next().await {
+            r?;
+            last_create = Instant::now();
+        }
+        drop(creates);
+        let within = Duration::from_secs(300 + n as u64 / 10);
+        let mut complete = false;
+        while first.elapsed() < within {
+            let (i, a) = {
+                let a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+                (a.ingress.len(), a.announced.len())
+            };
+            if i >= n && a >= n {
+                complete = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for w in &watches {
+            w.abort();
+        }
+        let (gained1, _, _) = self.churn().await;
+        let r = {
+            let a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            json!({
+                "services": n,
+                "creates_s": round((last_create - first).as_secs_f64(), 2),
+                "complete": complete,
+                "ingress_written": a.ingress.len(),
+                "announcer_written": a.announced.len(),
+                "last_create_to_last_ingress_s": last_after(&a.ingress, last_create).map(|s| round(s, 3)),
+                "last_create_to_last_announcer_s": last_after(&a.announced, last_create).map(|s| round(s, 3)),
+                "first_create_to_last_ingress_s": last_after(&a.ingress, first).map(|s| round(s, 3)),
+                "first_create_to_last_announcer_s": last_after(&a.announced, first).map(|s| round(s, 3)),
+                "ips_gained": gained1.zip(gained0).map(|(b, a)| b - a),
+            })
+        };
+        if !complete {
+            self.anomaly(format!(
+                "scale, {n} Services: not every status written within {within:?}: {r}"
+            ));
+        }
+        self.delete_labelled("speaker-bench/scale").await;
+        Ok(r)
+    }
+
+    /// Deletes the benchmark's Services and EndpointSlices carrying `label`, and waits (bounded)
+    /// until they are gone.
+    pub(crate) async fn delete_labelled(&self, label: &str) {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(label);
+        let dp = DeleteParams::default();
+        let _ = services.delete_collection(&dp, &lp).await;
+        let _ = slices.delete_collection(&dp, &lp).await;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(600) {
+            let left = services
+                .list_metadata(&lp.clone().limit(1))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0);
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        log(format!(
+            "Services labelled {label} still there after 10 min"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_arrival_counts() {
+        let t0 = Instant::now();
+        let mut times = BTreeMap::new();
+        assert_eq!(last_after(&times, t0), None);
+        times.insert("a".to_string(), t0 + Duration::from_millis(1500));
+        times.insert("b".to_string(), t0 + Duration::from_millis(500));
+        assert_eq!(last_after(&times, t0), Some(1.5));
+        // An arrival before `from` counts as 0.
+        assert_eq!(last_after(&times, t0 + Duration::from_secs(9)), Some(0.0));
+    }
+
+    #[test]
+    fn the_announced_condition() {
+        let mut s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "x"},
+            "status": {"conditions": [{"type": ANNOUNCED_CONDITION, "status": "False",
+                "lastTransitionTime": "2026-12-01T00:00:00Z", "reason": "r", "message": "m"}]}
+        }))
+        .unwrap();
+        assert!(!herald_announced(&s));
+        s.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "True".into();
+        assert!(herald_announced(&s));
+    }
+}
