@@ -8,7 +8,7 @@
 #                                   Docker: deploy/oci-image.sh); prints `ARCHIVE REFERENCE` lines
 #   tests/lab/metallb.sh render     print the manifests the lab applies (no cluster needed)
 #   tests/lab/metallb.sh install    (root, the lab up) import the images into every node, apply
-#                                   the manifests, make the memberlist Secret, wait until a
+#                                   the manifests, make sure of the memberlist Secret, wait until a
 #                                   speaker runs on every node and the controller is ready. On a
 #                                   lab where it is installed: apply again and wait
 #   tests/lab/metallb.sh uninstall  delete what install made (its CRDs and namespace too)
@@ -24,7 +24,8 @@
 #     /metrics: MetalLB's metrics endpoint takes only bearer tokens that the API server
 #     authorizes (the benchmark reads `metallb_speaker_announced` there).
 # Everything else is MetalLB's: L2 mode, memberlist on with its default settings (the Secret
-# `memberlist`, key `secretkey`, made here at install), hostNetwork speakers on every node.
+# `memberlist`, key `secretkey`: MetalLB's controller makes it when it starts; made here when
+# the controller has not yet), hostNetwork speakers on every node.
 set -euo pipefail
 
 lab_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -143,9 +144,12 @@ cmd_install() {
   kubectl apply --server-side --force-conflicts -k "${dir}" >/dev/null
   kubectl wait --for=condition=Established --timeout=60s crd/ipaddresspools.metallb.io \
     crd/l2advertisements.metallb.io crd/servicel2statuses.metallb.io >/dev/null
-  if ! kubectl -n "${namespace}" get secret memberlist >/dev/null 2>&1; then
-    kubectl -n "${namespace}" create secret generic memberlist \
-      --from-literal=secretkey="$(openssl rand -base64 128)" >/dev/null
+  # MetalLB's controller makes the Secret as it starts, so it may appear between a check and a
+  # create: whichever of the two makes it, the other finds it there.
+  local made
+  if ! made="$(kubectl -n "${namespace}" create secret generic memberlist \
+    --from-literal=secretkey="$(openssl rand -base64 128)" 2>&1)"; then
+    [[ "${made}" == *AlreadyExists* || "${made}" == *"already exists"* ]] || die "the memberlist Secret: ${made}"
   fi
   kubectl -n "${namespace}" rollout status daemonset/speaker --timeout=5m >&2
   kubectl -n "${namespace}" rollout status deployment/controller --timeout=5m >&2

@@ -170,6 +170,7 @@ impl Bench {
     /// IPv4 Local Services until every node owns one; the chosen one per node.
     pub(crate) async fn failover_services(&mut self) -> anyhow::Result<Vec<Chosen>> {
         self.wait_quiet("setup").await;
+        self.wait_members_settled(Duration::from_secs(120)).await?;
         let mut names = BTreeSet::new();
         for k in 0..FAILOVER_CANDIDATES {
             let name = format!("fo-{k:02}");

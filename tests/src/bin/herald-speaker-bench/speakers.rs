@@ -160,6 +160,39 @@ impl Bench {
         futures::future::join_all((0..self.n()).map(|i| self.speaker_view(i))).await
     }
 
+    /// Waits (bounded by `within`) until every speaker has metrics, sees every member and has
+    /// quorum, without a break for the hold-down plus a second: speakers that have just started
+    /// (a resumed DaemonSet starts them all at once) join one by one, and the first to finish
+    /// its hold-down would otherwise own every IP made meanwhile, to hand most of them on a few
+    /// seconds later. Systems without those metrics (MetalLB) count as settled once every
+    /// speaker answers.
+    pub(crate) async fn wait_members_settled(&self, within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let need = self.hold_down + Duration::from_secs(1);
+        let mut settled_since: Option<Instant> = None;
+        loop {
+            let views = self.views().await;
+            let settled = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    v.members.is_none_or(|m| m as usize == self.n())
+                        && v.quorum.is_none_or(|q| q == 1.0)
+                })
+            });
+            if settled {
+                let since = *settled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= need {
+                    return Ok(());
+                }
+            } else {
+                settled_since = None;
+            }
+            if start.elapsed() > within {
+                bail!("the speakers did not all see every member with quorum for {need:?} within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits (bounded) until no `herald-bench` process runs.
     pub(crate) async fn wait_quiet(&mut self, what: &str) {
         let start = Instant::now();
