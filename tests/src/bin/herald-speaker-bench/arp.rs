@@ -178,7 +178,7 @@ pub(crate) fn arpload(o: ArpOpts) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("the sender thread panicked"))??;
         Ok::<_, anyhow::Error>((secs, dup, mismatched, macs))
     })?;
-    let target_json = |parity: usize| {
+    let target = |parity: usize| {
         let lat: Vec<f64> = (parity..total)
             .step_by(2)
             .filter_map(|s| {
@@ -187,24 +187,25 @@ pub(crate) fn arpload(o: ArpOpts) -> anyhow::Result<()> {
             })
             .collect();
         let sent = (parity..total).step_by(2).count();
-        json!({
-            "sent": sent,
-            "answered": lat.len(),
-            "unanswered": sent - lat.len(),
-            "latency_us": summary(&lat, 1),
-            "macs": macs[parity],
-        })
+        ArpTarget {
+            sent,
+            answered: lat.len(),
+            unanswered: sent - lat.len(),
+            latency_us: summary(&lat, 1),
+            macs: macs[parity].clone(),
+        }
     };
-    let out = json!({
-        "requests": total,
-        "sender_seconds": round(sent_secs, 3),
-        "achieved_rps_total": round(total as f64 / sent_secs, 0),
-        "duplicate_replies": dup,
-        "mismatched_replies": mismatched,
-        "speaker": target_json(0),
-        "kernel": target_json(1),
-    });
-    println!("{out}");
+    let out = ArpRun {
+        requests: total,
+        sender_seconds: round(sent_secs, 3),
+        achieved_rps_total: round(total as f64 / sent_secs, 0),
+        duplicate_replies: dup,
+        mismatched_replies: mismatched,
+        speaker: target(0),
+        kernel: target(1),
+        ..ArpRun::default()
+    };
+    println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
 
@@ -266,25 +267,16 @@ impl Bench {
             );
             let end_ticks = self.speaker_pid(owner).and_then(cpu_ticks);
             let after = self.speaker_view(owner).await.unwrap_or_default();
-            let mut r: Value = serde_json::from_slice(&out.stdout).context("arpload output")?;
-            r["speaker_requests_received"] = json!(
-                after.counter("herald_speaker_requests_received_total", &c.ip)
-                    - before.counter("herald_speaker_requests_received_total", &c.ip)
-            );
-            r["speaker_responses_sent"] = json!(
-                after.counter("herald_speaker_responses_sent_total", &c.ip)
-                    - before.counter("herald_speaker_responses_sent_total", &c.ip)
-            );
+            let mut r: ArpRun = serde_json::from_slice(&out.stdout).context("arpload output")?;
+            let counted = |name: &str| after.counter(name, &c.ip) - before.counter(name, &c.ip);
+            r.speaker_requests_received = Some(counted("herald_speaker_requests_received_total"));
+            r.speaker_responses_sent = Some(counted("herald_speaker_responses_sent_total"));
             if let (Some(a), Some(b)) = (start_ticks, end_ticks) {
-                r["speaker_cpu_s"] = json!(round((b - a) as f64 / self.clk_tck, 2));
+                r.speaker_cpu_s = Some(round((b - a) as f64 / self.clk_tck, 2));
             }
-            for target in ["speaker", "kernel"] {
-                let macs = r[target]["macs"].as_array().cloned().unwrap_or_default();
-                if macs.len() > 1
-                    || macs
-                        .iter()
-                        .any(|m| m.as_str() != Some(&node.mac.to_lowercase()))
-                {
+            for (target, replies) in [("speaker", &r.speaker), ("kernel", &r.kernel)] {
+                let macs = &replies.macs;
+                if macs.len() > 1 || macs.iter().any(|m| *m != node.mac.to_lowercase()) {
                     self.anomaly(format!(
                         "ARP run {run}: {target} replies came from {macs:?}, owner MAC {}",
                         node.mac
@@ -295,23 +287,20 @@ impl Bench {
             log(format!(
                 "ARP run {}: speaker {} / kernel {}",
                 run + 1,
-                r["speaker"]["latency_us"],
-                r["kernel"]["latency_us"]
+                compact(&r.speaker.latency_us),
+                compact(&r.kernel.latency_us)
             ));
             runs.push(r);
         }
-        self.results.insert(
-            "arp".into(),
-            json!({
-                "vip": c.ip,
-                "node": node.name,
-                "node_ip": node.ip4,
-                "rps_per_target": self.opts.arp_rps,
-                "seconds": self.opts.arp_seconds,
-                "node_sysctls": sysctls,
-                "runs": runs,
-            }),
-        );
+        self.results.arp = Some(ArpPhase {
+            vip: c.ip,
+            node: node.name,
+            node_ip: node.ip4,
+            rps_per_target: self.opts.arp_rps,
+            seconds: self.opts.arp_seconds,
+            node_sysctls: sysctls,
+            runs,
+        });
         Ok(())
     }
 }

@@ -102,30 +102,30 @@ pub(crate) fn count(
 }
 
 /// Per-minute figures of a window's counts, as the results file keeps them.
-pub(crate) fn window_json(
+pub(crate) fn window(
     counts: &BTreeMap<&'static str, ComponentRequests>,
     seconds: f64,
-) -> Value {
+) -> ApiWindow {
     let per_min = |n: u64| round(n as f64 * 60.0 / seconds.max(1e-9), 2);
-    let mut components = serde_json::Map::new();
+    let mut components = BTreeMap::new();
     let mut all = 0;
     for (name, c) in counts {
         all += c.total;
         components.insert(
             name.to_string(),
-            json!({
-                "requests": c.total,
-                "per_min": per_min(c.total),
-                "by_request": c.by_key,
-            }),
+            ComponentWindow {
+                requests: c.total,
+                per_min: per_min(c.total),
+                by_request: c.by_key.clone(),
+            },
         );
     }
-    json!({
-        "seconds": round(seconds, 1),
-        "requests": all,
-        "per_min": per_min(all),
-        "components": components,
-    })
+    ApiWindow {
+        seconds: round(seconds, 1),
+        requests: all,
+        per_min: per_min(all),
+        components,
+    }
 }
 
 #[cfg(test)]
@@ -173,9 +173,9 @@ not json
         let metallb = count(System::Metallb, LOG, from, from + 60_000_000);
         assert_eq!(metallb["speaker"].total, 1);
         assert_eq!(metallb["controller"].total, 0);
-        let j = window_json(&counts, 60.0);
-        assert_eq!(j["requests"], 3);
-        assert_eq!(j["per_min"], 3.0);
-        assert_eq!(j["components"]["speaker"]["per_min"], 2.0);
+        let w = window(&counts, 60.0);
+        assert_eq!(w.requests, 3);
+        assert_eq!(w.per_min, 3.0);
+        assert_eq!(w.components["speaker"].per_min, 2.0);
     }
 }

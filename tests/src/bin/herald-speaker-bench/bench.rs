@@ -10,7 +10,7 @@ pub(crate) struct Initial {
     /// Global IPv6 addresses on each node's eth0 (`ADDR/PREFIX`), which a link down removes.
     pub(crate) v6: Vec<Vec<String>>,
     /// Each speaker's pod, node, image, image ID and restarts.
-    pub(crate) speaker_images: Vec<Value>,
+    pub(crate) speaker_images: Vec<SpeakerImage>,
 }
 
 pub(crate) struct Bench {
@@ -36,7 +36,7 @@ pub(crate) struct Bench {
     pub(crate) kubectl: PathBuf,
     pub(crate) kubeconfig: String,
     pub(crate) initial: Initial,
-    pub(crate) results: serde_json::Map<String, Value>,
+    pub(crate) results: Results,
     pub(crate) anomalies: Vec<String>,
     /// Measurements during which a `herald-bench` process was seen.
     pub(crate) overlaps: Vec<String>,
@@ -71,19 +71,17 @@ pub(crate) async fn run(opts: Opts) -> anyhow::Result<()> {
     };
     if let Err(e) = &outcome {
         log(format!("error: {e:#}; cleaning up"));
-        bench
-            .results
-            .insert("error".into(), json!(format!("{e:#}")));
+        bench.results.error = Some(format!("{e:#}"));
     }
     bench.cleanup().await;
     bench.finish().await;
-    let results = Value::Object(bench.results.clone());
+    let results = &bench.results;
     if let Some(path) = &bench.opts.results {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+        std::fs::write(path, results.to_file_text()?)
             .with_context(|| format!("writing {}", path.display()))?;
         log(format!("results in {}", path.display()));
     }
-    println!("{}", report(&results));
+    println!("{}", report(results));
     outcome
 }
 
@@ -127,7 +125,7 @@ impl Bench {
             kubectl,
             kubeconfig,
             initial: Initial::default(),
-            results: serde_json::Map::new(),
+            results: Results::default(),
             anomalies: Vec::new(),
             overlaps: Vec::new(),
             arp_touched: BTreeSet::new(),
@@ -170,7 +168,7 @@ impl Bench {
     }
 
     /// What the run measures: the system, its version and images, and the lab's.
-    pub(crate) fn versions(&self) -> Value {
+    pub(crate) fn versions(&self) -> Versions {
         let var = |k: &str| self.lab.var(k).ok().map(str::to_string);
         let commit = std::process::Command::new("git")
             .args([
@@ -184,28 +182,30 @@ impl Bench {
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        json!({
-            "herald": {
-                "version": env!("CARGO_PKG_VERSION"),
-                "commit": commit,
-                "image": var("HERALD_IMAGE"),
-                "image_profile": var("HERALD_IMAGE_PROFILE"),
+        Versions {
+            herald: HeraldVersion {
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+                commit,
+                image: var("HERALD_IMAGE"),
+                image_profile: var("HERALD_IMAGE_PROFILE"),
             },
-            "metallb": {
-                "version": var("HERALD_METALLB_VERSION"),
-                "controller_image": var("HERALD_METALLB_IMAGE_CONTROLLER"),
-                "speaker_image": var("HERALD_METALLB_IMAGE_SPEAKER"),
+            metallb: MetallbVersion {
+                version: var("HERALD_METALLB_VERSION"),
+                controller_image: var("HERALD_METALLB_IMAGE_CONTROLLER"),
+                speaker_image: var("HERALD_METALLB_IMAGE_SPEAKER"),
             },
-            "kubernetes": std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-k8s.sh")
+            kubernetes: std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-k8s.sh"),
             )
             .ok()
             .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("K8S_VERSION=\"").map(|v| v.trim_end_matches('"').to_string()))
+                t.lines().find_map(|l| {
+                    l.strip_prefix("K8S_VERSION=\"")
+                        .map(|v| v.trim_end_matches('"').to_string())
+                })
             }),
-            "kube_proxy_mode": var("HERALD_KUBE_PROXY_MODE"),
-        })
+            kube_proxy_mode: var("HERALD_KUBE_PROXY_MODE"),
+        }
     }
 
     pub(crate) async fn record_initial(&mut self) -> anyhow::Result<()> {
@@ -225,44 +225,38 @@ impl Bench {
             self.initial.v6.push(self.global_v6(i).await);
         }
         self.initial.speaker_images = pods::speaker_images(&self.speaker_pods().await);
-        let lab = json!({
-            "system": self.system.name(),
-            "speakers": self.initial.speaker_images,
-            "nodes": self.n(),
-            "speakers_running": self.initial.speakers_running,
-            "links_up": self.initial.links_up,
-            "eth0_global_ipv6": self.initial.v6,
-        });
-        log(format!("lab at start: {lab}"));
-        self.results.insert("lab_at_start".into(), lab);
+        let lab = LabAtStart {
+            system: self.system.name().into(),
+            speakers: self.initial.speaker_images.clone(),
+            nodes: self.n(),
+            speakers_running: self.initial.speakers_running.clone(),
+            links_up: self.initial.links_up.clone(),
+            eth0_global_ipv6: self.initial.v6.clone(),
+        };
+        log(format!("lab at start: {}", compact(&lab)));
+        self.results.lab_at_start = Some(lab);
         Ok(())
     }
 
     pub(crate) async fn body(&mut self) -> anyhow::Result<()> {
-        self.results.insert("date".into(), json!(now_utc()));
-        self.results
-            .insert("system".into(), json!(self.system.name()));
-        self.results.insert("versions".into(), self.versions());
-        self.results.insert(
-            "hold_down_ms".into(),
-            json!(self.hold_down.as_millis() as u64),
-        );
-        self.results
-            .insert("command".into(), json!(self.opts.command_line.clone()));
+        self.results.date = Some(now_utc());
+        self.results.system = Some(self.system.name().into());
+        self.results.versions = Some(self.versions());
+        self.results.hold_down_ms = Some(self.hold_down.as_millis() as u64);
+        self.results.command = Some(self.opts.command_line.clone());
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0);
         let kernel = cmd("uname", &["-r"]).await.unwrap_or_default();
-        self.results.insert(
-            "host".into(),
-            json!({"cpus": cpus, "kernel": kernel.trim()}),
-        );
+        self.results.host = Some(Host {
+            cpus: Some(cpus),
+            kernel: Some(kernel.trim().to_string()),
+        });
         if let Some(pid) = self.speaker_pid(0) {
             let line = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
                 .unwrap_or_default();
-            self.results
-                .insert("speaker_command".into(), json!(line.trim()));
+            self.results.speaker_command = Some(line.trim().to_string());
         }
         for i in 0..self.n() {
             ensure!(
@@ -302,17 +296,6 @@ impl Bench {
         Ok(())
     }
 
-    /// Appends a result to the array `key`, at once, so that an interrupted run keeps it.
-    pub(crate) fn record(&mut self, key: &str, value: Value) {
-        let entry = self
-            .results
-            .entry(key.to_string())
-            .or_insert_with(|| json!([]));
-        if let Some(a) = entry.as_array_mut() {
-            a.push(value);
-        }
-    }
-
     pub(crate) fn anomaly(&mut self, what: String) {
         log(format!("ANOMALY: {what}"));
         if !self.anomalies.contains(&what) {
@@ -331,8 +314,7 @@ impl Bench {
     /// Logs, images, anomalies and overlaps into the results.
     pub(crate) async fn finish(&mut self) {
         self.logs.harvest(&self.lab.dir, self.system);
-        self.results
-            .insert("speaker_logs".into(), self.logs.to_json());
+        self.results.speaker_logs = Some(self.logs.by_node());
         let end = pods::speaker_images(&self.speaker_pods().await);
         let changed = pods::images_changed(&self.initial.speaker_images, &end);
         if !changed.is_empty() {
@@ -340,15 +322,11 @@ impl Bench {
                 "speakers ran other images at the end than at the start: {changed:?} (a new image was installed during the run)"
             ));
         }
-        self.results.insert(
-            "speaker_images".into(),
-            json!({"start": self.initial.speaker_images, "end": end}),
-        );
-        self.results
-            .insert("anomalies".into(), json!(self.anomalies));
-        self.results.insert(
-            "overlaps_with_controller_bench".into(),
-            json!(self.overlaps),
-        );
+        self.results.speaker_images = Some(SpeakerImages {
+            start: self.initial.speaker_images.clone(),
+            end,
+        });
+        self.results.anomalies = Some(self.anomalies.clone());
+        self.results.overlaps_with_controller_bench = Some(self.overlaps.clone());
     }
 }

@@ -69,7 +69,7 @@ impl Bench {
     pub(crate) async fn phase_bulk(&mut self, resources: bool, api: bool) -> anyhow::Result<()> {
         if resources {
             let r = self.resources(0, "running").await?;
-            self.record("resources", r);
+            self.results.resources.push(r);
         }
         let mut created = 0;
         for target in [self.opts.services_small, self.opts.services] {
@@ -108,32 +108,32 @@ impl Bench {
                 delta(lost1, lost0),
                 delta(conflicts1, conflicts0),
             );
-            let creation = json!({
-                "services": target,
-                "created": new,
-                "all_announced_s": round(announced_after.as_secs_f64(), 1),
-                "ips_gained": gained,
-                "ips_lost": lost,
-                "conflicts_counted": conflicts,
-            });
-            log(format!("creating {new} Services: {creation}"));
+            let creation = CreationRun {
+                services: target,
+                created: new,
+                all_announced_s: Some(round(announced_after.as_secs_f64(), 1)),
+                ips_gained: gained,
+                ips_lost: lost,
+                conflicts_counted: conflicts,
+            };
+            log(format!("creating {new} Services: {}", compact(&creation)));
             if gained.is_some_and(|g| g > new as f64) || conflicts.is_some_and(|c| c > 0.0) {
                 self.anomaly(format!(
                     "creating {new} Services: {gained:?} IPs gained and {lost:?} lost (ideal {new} and 0), {conflicts:?} conflicts counted"
                 ));
             }
-            self.record("creation", creation);
+            self.results.creation.push(creation);
             if resources {
                 let mut r = self.resources(target, "running").await?;
-                r["announce_all_s"] = json!(round(announced_after.as_secs_f64(), 1));
-                self.record("resources", r);
+                r.announce_all_s = Some(round(announced_after.as_secs_f64(), 1));
+                self.results.resources.push(r);
             }
             if api {
                 let a = self.api_windows(target, &ips).await?;
-                self.record("api", a);
+                self.results.api.push(a);
                 if resources {
                     let r = self.resources(target, "after restart").await?;
-                    self.record("resources", r);
+                    self.results.resources.push(r);
                 }
             }
         }
@@ -233,7 +233,11 @@ impl Bench {
         }
     }
 
-    pub(crate) async fn resources(&mut self, services: usize, when: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn resources(
+        &mut self,
+        services: usize,
+        when: &str,
+    ) -> anyhow::Result<ResourcesRun> {
         self.wait_quiet("speaker CPU").await;
         let n = self.n();
         let pids: Vec<u32> = (0..n)
@@ -259,33 +263,34 @@ impl Bench {
             }
         }
         let views = self.views().await;
-        let speakers: Vec<Value> = (0..n)
+        let speakers: Vec<SpeakerUsage> = (0..n)
             .map(|i| {
                 let ticks = prev[i].saturating_sub(first[i]) as f64;
                 let cpu_s = ticks / self.clk_tck;
-                json!({
-                    "node": self.nodes[i].name,
-                    "pid": pids[i],
-                    "vmhwm_kib": status_kib(pids[i], "VmHWM"),
-                    "vmrss_kib": status_kib(pids[i], "VmRSS"),
-                    "threads": status_kib(pids[i], "Threads"),
-                    "cpu_s": round(cpu_s, 2),
-                    "cpu_percent": round(100.0 * cpu_s / window.as_secs_f64(), 3),
-                    "max_1s_percent": round(100.0 * max_1s[i] as f64 / self.clk_tck, 1),
-                    "announced": views[i].as_ref().map(|v| v.announced.len()),
-                })
+                SpeakerUsage {
+                    node: self.nodes[i].name.clone(),
+                    pid: pids[i],
+                    vmhwm_kib: status_kib(pids[i], "VmHWM"),
+                    vmrss_kib: status_kib(pids[i], "VmRSS"),
+                    threads: status_kib(pids[i], "Threads"),
+                    cpu_s: Some(round(cpu_s, 2)),
+                    cpu_percent: Some(round(100.0 * cpu_s / window.as_secs_f64(), 3)),
+                    max_1s_percent: Some(round(100.0 * max_1s[i] as f64 / self.clk_tck, 1)),
+                    announced: views[i].as_ref().map(|v| v.announced.len()),
+                }
             })
             .collect();
         let label = format!("resources with {services} Services ({when})");
         self.check_overlap(&label, seen);
-        log(format!("{label}: {}", json!(speakers)));
-        Ok(json!({
-            "services": services,
-            "when": when,
-            "window_s": window.as_secs(),
-            "clk_tck": self.clk_tck,
-            "speakers": speakers,
-        }))
+        log(format!("{label}: {}", compact(&speakers)));
+        Ok(ResourcesRun {
+            services,
+            when: when.to_string(),
+            window_s: window.as_secs(),
+            clk_tck: self.clk_tck,
+            speakers,
+            announce_all_s: None,
+        })
     }
 
     /// The audit log's requests of the system's components in `[from_us, to_us)`.
@@ -303,7 +308,7 @@ impl Bench {
     }
 
     /// A window at steady state: the requests of the system's components.
-    pub(crate) async fn api_window(&mut self, label: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn api_window(&mut self, label: &str) -> anyhow::Result<ApiWindow> {
         self.wait_quiet(label).await;
         let window = self.opts.api_window;
         log(format!(
@@ -321,14 +326,14 @@ impl Bench {
         let to = audit::unix_us();
         self.check_overlap(label, seen);
         let counts = self.audited(from, to)?;
-        Ok(audit::window_json(&counts, (to - from) as f64 / 1e6))
+        Ok(audit::window(&counts, (to - from) as f64 / 1e6))
     }
 
     pub(crate) async fn api_windows(
         &mut self,
         services: usize,
         ips: &BTreeSet<String>,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<ApiRun> {
         let all: Vec<usize> = (0..self.n()).collect();
         let running = self
             .api_window(&format!("API, {services} Services"))
@@ -344,27 +349,30 @@ impl Bench {
         let left = Duration::from_secs(60).saturating_sub(t.elapsed());
         tokio::time::sleep(left).await;
         let to = audit::unix_us();
-        let restart = audit::window_json(&self.audited(from, to)?, (to - from) as f64 / 1e6);
+        let restart = audit::window(&self.audited(from, to)?, (to - from) as f64 / 1e6);
         self.wait_writes_quiet().await?;
-        let per_min = |c: &str| running["components"][c]["per_min"].clone();
-        let r = json!({
-            "services": services,
-            "window_s": running["seconds"],
-            "running": running,
-            "per_min": running["per_min"],
-            "speakers_per_min": per_min("speaker"),
-            "controller_per_min": per_min("controller"),
-            "restart": {
-                "all_announced_s": round(announced_s, 1),
-                "first_s": restart["seconds"],
-                "requests": restart["requests"],
-                "speaker_requests": restart["components"]["speaker"]["requests"],
-                "by_request": restart["components"]["speaker"]["by_request"],
+        let per_min = |c: &str| running.components.get(c).map(|c| c.per_min);
+        let speaker_restart = restart.components.get("speaker");
+        let r = ApiRun {
+            services,
+            window_s: Some(running.seconds),
+            per_min: Some(running.per_min),
+            speakers_per_min: per_min("speaker"),
+            controller_per_min: per_min("controller"),
+            restart: ApiRestart {
+                all_announced_s: Some(round(announced_s, 1)),
+                first_s: Some(restart.seconds),
+                requests: Some(restart.requests),
+                speaker_requests: speaker_restart.map(|c| c.requests),
+                by_request: speaker_restart.map(|c| c.by_request.clone()),
             },
-        });
+            running,
+        };
         log(format!(
             "API with {services} Services: {} requests/min (speakers {}, controller {})",
-            r["per_min"], r["speakers_per_min"], r["controller_per_min"]
+            compact(&r.per_min),
+            compact(&r.speakers_per_min),
+            compact(&r.controller_per_min)
         ));
         Ok(r)
     }

@@ -56,35 +56,26 @@ pub(crate) struct Chosen {
     pub(crate) owner: usize,
 }
 
-/// The failover verdict of one probe run.
-/// The numeric `field` of every result that has one.
-fn numbers<'a>(results: impl IntoIterator<Item = &'a Value>, field: &str) -> Vec<f64> {
-    results
-        .into_iter()
-        .filter_map(|r| r[field].as_f64())
-        .collect()
-}
-
-pub(crate) fn evaluate(probe: &Value, old: &str) -> Value {
-    let t0 = probe["t0_us"].as_f64().unwrap_or(0.0);
-    let t1 = probe["t1_us"].as_f64().unwrap_or(0.0);
+/// The failover verdict of one probe run: invalid when the old node did not answer steadily
+/// before the fault or the fault command failed. The caller adds the Service, the nodes, the
+/// window and the restore.
+pub(crate) fn evaluate(probe: &ProbeReport, old: &str) -> Trial {
+    let t0 = probe.t0_us as f64;
+    let t1 = probe.t1_us as f64;
     struct S {
         sent: f64,
         done: f64,
         node: Option<String>,
     }
-    let samples: Vec<S> = probe["samples"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| S {
-                    sent: s[0].as_f64().unwrap_or(0.0),
-                    done: s[1].as_f64().unwrap_or(0.0),
-                    node: s[2].as_str().map(str::to_string),
-                })
-                .collect()
+    let samples: Vec<S> = probe
+        .samples
+        .iter()
+        .map(|s| S {
+            sent: s.sent_us as f64,
+            done: s.done_us as f64,
+            node: s.node.clone(),
         })
-        .unwrap_or_default();
+        .collect();
     let pre: Vec<&S> = samples.iter().filter(|s| s.done < t0).collect();
     let pre_old = pre
         .iter()
@@ -94,38 +85,33 @@ pub(crate) fn evaluate(probe: &Value, old: &str) -> Value {
         .iter()
         .filter(|s| s.node.as_ref().is_some_and(|n| n != old))
         .count();
-    let mut r = json!({
-        "fault_exec_ms": round((t1 - t0) / 1000.0, 2),
-        "pre_fault_requests": pre.len(),
-        "exit": probe["fault_status"],
-    });
+    let mut r = Trial {
+        fault_exec_ms: round((t1 - t0) / 1000.0, 2),
+        pre_fault_requests: pre.len(),
+        exit: Some(i64::from(probe.fault_status)),
+        ..Trial::default()
+    };
     if pre.len() < 10 || pre_other > 0 || (pre_old as f64) < 0.9 * pre.len() as f64 {
-        r["valid"] = json!(false);
-        r["why"] = json!(format!(
+        r.why = Some(format!(
             "before the fault: {} requests, {pre_old} answered by {old}, {pre_other} by others",
             pre.len()
         ));
         return r;
     }
-    if probe["fault_status"].as_i64() != Some(0) {
-        r["valid"] = json!(false);
-        r["why"] = json!("the fault command failed");
+    if probe.fault_status != 0 {
+        r.why = Some("the fault command failed".into());
         return r;
     }
-    r["valid"] = json!(true);
+    r.valid = true;
     let first = samples
         .iter()
         .filter(|s| s.done >= t0 && s.node.as_ref().is_some_and(|n| n != old))
         .min_by(|a, b| a.done.total_cmp(&b.done));
     let Some(first) = first else {
-        r["failover_ms"] = Value::Null;
-        r["new_node"] = Value::Null;
-        r["failed_requests"] = json!(
-            samples
-                .iter()
-                .filter(|s| s.sent >= t0 && s.node.is_none())
-                .count()
-        );
+        r.failed_requests = samples
+            .iter()
+            .filter(|s| s.sent >= t0 && s.node.is_none())
+            .count();
         return r;
     };
     let failed = samples
@@ -141,29 +127,63 @@ pub(crate) fn evaluate(probe: &Value, old: &str) -> Value {
         .iter()
         .filter(|s| s.sent > first.done && s.node.as_deref() == Some(old))
         .count();
-    let others: BTreeSet<&str> = samples
+    let others: BTreeSet<String> = samples
         .iter()
         .filter(|s| s.done >= first.done)
         .filter_map(|s| s.node.as_deref())
         .filter(|n| *n != old)
+        .map(str::to_string)
         .collect();
     let failed_after = samples
         .iter()
         .filter(|s| s.sent > first.done && s.node.is_none())
         .count();
-    r["failover_ms"] = json!(round((first.done - t0) / 1000.0, 1));
-    r["first_new_request_sent_ms"] = json!(round((first.sent - t0) / 1000.0, 1));
-    r["new_node"] = json!(first.node);
-    r["failed_requests"] = json!(failed);
-    r["failed_after_failover"] = json!(failed_after);
-    r["last_old_answer_ms"] = if last_old.is_nan() {
-        Value::Null
-    } else {
-        json!(round((last_old - t0) / 1000.0, 1))
-    };
-    r["flaps"] = json!(flaps);
-    r["nodes_after"] = json!(others);
+    r.failover_ms = Some(round((first.done - t0) / 1000.0, 1));
+    r.new_node = first.node.clone();
+    r.failed_requests = failed;
+    r.after_failover = Some(AfterFailover {
+        first_new_request_sent_ms: round((first.sent - t0) / 1000.0, 1),
+        failed_after_failover: failed_after,
+        last_old_answer_ms: (!last_old.is_nan()).then(|| round((last_old - t0) / 1000.0, 1)),
+        flaps: flaps as u64,
+        nodes_after: others,
+    });
     r
+}
+
+/// The summary of one fault's valid trials (the two-MAC figures are added after the phase).
+pub(crate) fn summarize_fault(trials: &[Trial], invalid: usize) -> FaultSummary {
+    let of = |field: fn(&Trial) -> Option<f64>| -> Vec<f64> {
+        trials.iter().filter_map(field).collect()
+    };
+    let mut new_owner: BTreeMap<String, usize> = BTreeMap::new();
+    for r in trials {
+        *new_owner
+            .entry(r.new_node.clone().unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
+    }
+    FaultSummary {
+        restores_needing_a_nudge: Some(trials.iter().filter(|r| r.restore.nudges > 0).count()),
+        restore_longest_without_announcer_ms: summary(
+            &of(|r| Some(r.restore.longest_without_announcer_ms)),
+            0,
+        ),
+        restore_settled_ms: summary(&of(|r| Some(r.restore.settled_ms)), 0),
+        failover_ms: summary(&of(|r| r.failover_ms), 1),
+        failed_requests: summary(&of(|r| Some(r.failed_requests as f64)), 0),
+        fault_exec_ms: summary(&of(|r| Some(r.fault_exec_ms)), 2),
+        flaps: Some(
+            trials
+                .iter()
+                .filter_map(|r| r.after_failover.as_ref())
+                .map(|a| a.flaps)
+                .sum(),
+        ),
+        no_failover_within_max: Some(trials.iter().filter(|r| r.failover_ms.is_none()).count()),
+        invalid_trials_retried: Some(invalid),
+        new_owner,
+        ..FaultSummary::default()
+    }
 }
 
 impl Bench {
@@ -264,7 +284,7 @@ impl Bench {
         &mut self,
         chosen: &[Chosen],
         since: Instant,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<Restore> {
         let start = Instant::now();
         let mut stable_since: Option<Instant> = None;
         let mut last = String::new();
@@ -332,12 +352,12 @@ impl Bench {
                 if now - s >= Duration::from_millis(500)
                     && now - since >= self.hold_down + Duration::from_millis(500)
                 {
-                    return Ok(json!({
-                        "settled_ms": round((now - since).as_secs_f64() * 1000.0, 0),
-                        "nudges": nudges,
-                        "unsettled_at_first_nudge": unsettled_at_nudge,
-                        "longest_without_announcer_ms": round(nobody_max.as_secs_f64() * 1000.0, 0),
-                    }));
+                    return Ok(Restore {
+                        settled_ms: round((now - since).as_secs_f64() * 1000.0, 0),
+                        nudges,
+                        unsettled_at_first_nudge: unsettled_at_nudge,
+                        longest_without_announcer_ms: round(nobody_max.as_secs_f64() * 1000.0, 0),
+                    });
                 }
             } else {
                 stable_since = None;
@@ -402,7 +422,7 @@ impl Bench {
     }
 
     /// Stops the watch (`ip netns exec` execs it: its PID is the watch's) and reads its report.
-    pub(crate) async fn stop_macwatch(child: tokio::process::Child) -> anyhow::Result<Value> {
+    pub(crate) async fn stop_macwatch(child: tokio::process::Child) -> anyhow::Result<WatchReport> {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on our own child's PID.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -414,7 +434,7 @@ impl Bench {
     }
 
     pub(crate) async fn phase_failover(&mut self, chosen: &[Chosen]) -> anyhow::Result<()> {
-        let mut all = serde_json::Map::new();
+        let mut all: BTreeMap<String, FaultResults> = BTreeMap::new();
         let mut since = Instant::now() - self.hold_down * 2;
         let conflicts_before = self.conflicts_counted().await;
         self.wait_stable(chosen, since).await?;
@@ -427,7 +447,7 @@ impl Bench {
         let watch = self.start_macwatch(chosen)?;
         let mut windows: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
         for fault in faults {
-            let mut trials = Vec::new();
+            let mut trials: Vec<Trial> = Vec::new();
             let mut invalid = 0;
             let mut t = 0;
             while trials.len() < self.opts.trials {
@@ -442,17 +462,20 @@ impl Bench {
                 // its IPs back.
                 let settle = self.wait_stable(chosen, since).await?;
                 let window = (window_start, mono_us());
-                result["window_us"] = json!([window.0, window.1]);
+                result.window_us = window;
                 windows.entry(fault.name()).or_default().push(window);
-                if settle["nudges"].as_u64().unwrap_or(0) > 0 {
-                    log(format!("after the {} trial: {settle}", fault.name()));
+                if settle.nudges > 0 {
+                    log(format!(
+                        "after the {} trial: {}",
+                        fault.name(),
+                        compact(&settle)
+                    ));
                 }
-                result["restore"] = settle;
-                let overlap = result["herald_bench_overlap"].as_bool() == Some(true);
-                if overlap {
+                result.restore = settle;
+                if result.herald_bench_overlap {
                     self.check_overlap(&format!("failover {} trial", fault.name()), true);
                 }
-                if result["valid"].as_bool() == Some(true) {
+                if result.valid {
                     log(format!(
                         "{} #{:>2} {} {}: {} -> {} in {} ms ({} failed requests)",
                         fault.name(),
@@ -460,9 +483,9 @@ impl Bench {
                         c.name,
                         c.ip,
                         self.nodes[c.owner].name,
-                        result["new_node"].as_str().unwrap_or("?"),
-                        result["failover_ms"],
-                        result["failed_requests"]
+                        result.new_node.as_deref().unwrap_or("?"),
+                        compact(&result.failover_ms),
+                        result.failed_requests
                     ));
                     trials.push(result);
                 } else {
@@ -471,98 +494,73 @@ impl Bench {
                         "{} trial on {} invalid: {}",
                         fault.name(),
                         c.ip,
-                        result["why"]
+                        compact(&result.why)
                     ));
                     if invalid > self.opts.trials {
                         bail!("too many invalid {} trials", fault.name());
                     }
                 }
             }
-            let times = numbers(trials.iter(), "failover_ms");
-            let failed = numbers(trials.iter(), "failed_requests");
-            let flaps: u64 = trials.iter().filter_map(|r| r["flaps"].as_u64()).sum();
-            let never: usize = trials.iter().filter(|r| r["failover_ms"].is_null()).count();
-            let mut new_nodes: BTreeMap<String, usize> = BTreeMap::new();
-            for r in &trials {
-                *new_nodes
-                    .entry(r["new_node"].as_str().unwrap_or("none").to_string())
-                    .or_default() += 1;
-            }
-            let exec = numbers(trials.iter(), "fault_exec_ms");
-            let restores: Vec<&Value> = trials.iter().map(|r| &r["restore"]).collect();
-            let nudged = restores
-                .iter()
-                .filter(|r| r["nudges"].as_u64().unwrap_or(0) > 0)
-                .count();
-            let nobody = numbers(restores.iter().copied(), "longest_without_announcer_ms");
-            let settled = numbers(restores.iter().copied(), "settled_ms");
-            let summary = json!({
-                "restores_needing_a_nudge": nudged,
-                "restore_longest_without_announcer_ms": summary(&nobody, 0),
-                "restore_settled_ms": summary(&settled, 0),
-                "failover_ms": summary(&times, 1),
-                "failed_requests": summary(&failed, 0),
-                "fault_exec_ms": summary(&exec, 2),
-                "flaps": flaps,
-                "no_failover_within_max": never,
-                "invalid_trials_retried": invalid,
-                "new_owner": new_nodes,
-            });
-            log(format!("{}: {summary}", fault.name()));
-            all.insert(
-                fault.name().into(),
-                json!({"summary": summary, "trials": trials}),
-            );
+            let summary = summarize_fault(&trials, invalid);
+            log(format!("{}: {}", fault.name(), compact(&summary)));
+            all.insert(fault.name().into(), FaultResults { summary, trials });
         }
         self.wait_stable(chosen, since).await?;
         let watch = Self::stop_macwatch(watch).await?;
-        let mut two_macs = serde_json::Map::new();
+        let mut by_fault = BTreeMap::new();
         let mut doubles_in_trials = 0;
         for (fault, w) in &windows {
-            let (doubles, changes) = in_windows(&watch, w);
+            let (doubles, changes) = in_windows(&watch.vips, w);
             doubles_in_trials += doubles;
-            two_macs.insert(
+            // One to the new owner, one back at the restore.
+            let expected = 2 * w.len();
+            by_fault.insert(
                 fault.to_string(),
-                json!({
-                    "trials": w.len(),
-                    "requests_answered_by_two_macs": doubles,
-                    "mac_changes": changes,
-                    // One to the new owner, one back at the restore.
-                    "mac_changes_expected": 2 * w.len(),
-                }),
+                TwoMacsOfFault {
+                    trials: w.len(),
+                    requests_answered_by_two_macs: doubles,
+                    mac_changes: changes,
+                    mac_changes_expected: expected,
+                },
             );
             if let Some(entry) = all.get_mut(*fault) {
-                entry["summary"]["requests_answered_by_two_macs"] = json!(doubles);
-                entry["summary"]["mac_changes"] = json!(changes);
-                entry["summary"]["mac_changes_expected"] = json!(2 * w.len());
+                entry.summary.requests_answered_by_two_macs = Some(doubles);
+                entry.summary.mac_changes = Some(changes);
+                entry.summary.mac_changes_expected = Some(expected);
             }
         }
-        let (all_doubles, _) = in_windows(&watch, &[(0, u64::MAX)]);
+        let (all_doubles, _) = in_windows(&watch.vips, &[(0, u64::MAX)]);
         if all_doubles > 0 {
             self.anomaly(format!(
                 "{all_doubles} ARP requests of the two-MAC watch were answered by two MACs ({doubles_in_trials} during failover trials)"
             ));
         }
         let conflicts_after = self.conflicts_counted().await;
-        self.results.insert(
-            "failover".into(),
-            json!({
-                "interval_ms": self.opts.interval_ms,
-                "failover_max_ms": self.opts.failover_max.as_millis() as u64,
-                "timeout_ms": self.opts.timeout_ms,
-                "trials_per_fault": self.opts.trials,
-                "signal_faults_pause_the_kubelet": true,
-                "services": chosen.iter().map(|c| json!({"name": c.name, "ip": c.ip, "owner": self.nodes[c.owner].name})).collect::<Vec<_>>(),
-                "conflicts_counted_by_speakers": conflicts_after.zip(conflicts_before).map(|(a, b)| a - b),
-                "two_macs": {
-                    "requests_answered_by_two_macs": all_doubles,
-                    "during_trials": doubles_in_trials,
-                    "by_fault": two_macs,
-                    "watch": watch,
-                },
-                "faults": all,
+        self.results.failover = Some(FailoverPhase {
+            interval_ms: Some(self.opts.interval_ms),
+            failover_max_ms: Some(self.opts.failover_max.as_millis() as u64),
+            timeout_ms: Some(self.opts.timeout_ms),
+            trials_per_fault: Some(self.opts.trials),
+            signal_faults_pause_the_kubelet: true,
+            services: chosen
+                .iter()
+                .map(|c| FailoverService {
+                    name: c.name.clone(),
+                    ip: c.ip.clone(),
+                    owner: self.nodes[c.owner].name.clone(),
+                })
+                .collect(),
+            conflicts_counted_by_speakers: conflicts_after
+                .zip(conflicts_before)
+                .map(|(a, b)| a - b),
+            two_macs: Some(TwoMacs {
+                requests_answered_by_two_macs: Some(all_doubles),
+                during_trials: Some(doubles_in_trials),
+                by_fault,
+                watch,
             }),
-        );
+            faults: all,
+        });
         Ok(())
     }
 
@@ -572,7 +570,7 @@ impl Bench {
         &mut self,
         fault: Fault,
         c: &Chosen,
-    ) -> (anyhow::Result<Value>, Instant) {
+    ) -> (anyhow::Result<Trial>, Instant) {
         let owner = c.owner;
         if matches!(fault, Fault::Kill | Fault::Term) {
             // The speaker stays down for the trial: no kubelet to restart its container.
@@ -668,7 +666,7 @@ impl Bench {
         watcher.abort();
         let restore = self.restore(fault, owner).await;
         let restored = Instant::now();
-        let result = (|| -> anyhow::Result<Value> {
+        let result = (|| -> anyhow::Result<Trial> {
             let out = out.map_err(|_| anyhow::anyhow!("the probe hung"))??;
             ensure!(
                 out.status.success(),
@@ -676,11 +674,11 @@ impl Bench {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
             restore?;
-            let probe: Value = serde_json::from_slice(&out.stdout).context("probe output")?;
+            let probe: ProbeReport = serde_json::from_slice(&out.stdout).context("probe output")?;
             let mut r = evaluate(&probe, &self.nodes[owner].name);
-            r["service"] = json!(c.ip);
-            r["old_node"] = json!(self.nodes[owner].name);
-            r["herald_bench_overlap"] = json!(overlap_seen.load(Ordering::Relaxed));
+            r.service = c.ip.clone();
+            r.old_node = self.nodes[owner].name.clone();
+            r.herald_bench_overlap = overlap_seen.load(Ordering::Relaxed);
             Ok(r)
         })();
         (result, restored)

@@ -62,32 +62,31 @@ pub(crate) enum WatchEvent {
 
 /// The watch's findings: per VIP, requests asked and answered, those answered by two or more
 /// MACs, and each change of the MAC that answers or claims it.
-pub(crate) fn summarize(vips: &[Ipv4Addr], events: &[WatchEvent]) -> Value {
+pub(crate) fn summarize(vips: &[Ipv4Addr], events: &[WatchEvent]) -> Vec<VipWatch> {
     struct PerVip {
-        asked: u64,
-        answered: u64,
-        doubles: Vec<Value>,
-        changes: Vec<Value>,
+        watch: VipWatch,
         current: Option<String>,
-        macs: BTreeSet<String>,
     }
     let mut per: Vec<PerVip> = vips
         .iter()
-        .map(|_| PerVip {
-            asked: 0,
-            answered: 0,
-            doubles: Vec::new(),
-            changes: Vec::new(),
+        .map(|vip| PerVip {
+            watch: VipWatch {
+                vip: vip.to_string(),
+                ..VipWatch::default()
+            },
             current: None,
-            macs: BTreeSet::new(),
         })
         .collect();
     let mut asked: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
     let mut answers: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let change = |p: &mut PerVip, mac: &str, t: u64, how: &str| {
-        p.macs.insert(mac.to_string());
+        p.watch.macs.insert(mac.to_string());
         if p.current.as_deref() != Some(mac) {
-            p.changes.push(json!({"t_us": t, "mac": mac, "by": how}));
+            p.watch.mac_changes.push(MacChange {
+                t_us: t,
+                mac: mac.to_string(),
+                by: how.to_string(),
+            });
             p.current = Some(mac.to_string());
         }
     };
@@ -95,7 +94,7 @@ pub(crate) fn summarize(vips: &[Ipv4Addr], events: &[WatchEvent]) -> Value {
         match e {
             WatchEvent::Asked { seq, vip, t } => {
                 if let Some(p) = per.get_mut(*vip) {
-                    p.asked += 1;
+                    p.watch.asked += 1;
                     asked.insert(*seq, (*vip, *t));
                 }
             }
@@ -103,18 +102,20 @@ pub(crate) fn summarize(vips: &[Ipv4Addr], events: &[WatchEvent]) -> Value {
                 let Some(&(vip, sent)) = asked.get(seq) else {
                     continue;
                 };
-                let p = &mut per[vip];
+                let Some(p) = per.get_mut(vip) else { continue };
                 let macs = answers.entry(*seq).or_default();
                 if macs.is_empty() {
-                    p.answered += 1;
+                    p.watch.answered += 1;
                 }
                 if macs.insert(mac.clone()) && macs.len() == 2 {
-                    p.doubles
-                        .push(json!({"t_us": sent, "macs": macs.iter().collect::<Vec<_>>()}));
+                    p.watch.doubles.push(Double {
+                        t_us: sent,
+                        macs: macs.iter().cloned().collect(),
+                    });
                 } else if macs.len() > 2
-                    && let Some(last) = p.doubles.last_mut()
+                    && let Some(last) = p.watch.doubles.last_mut()
                 {
-                    last["macs"] = json!(macs.iter().collect::<Vec<_>>());
+                    last.macs = macs.iter().cloned().collect();
                 }
                 change(p, mac, *t, "reply");
             }
@@ -125,22 +126,12 @@ pub(crate) fn summarize(vips: &[Ipv4Addr], events: &[WatchEvent]) -> Value {
             }
         }
     }
-    let list: Vec<Value> = vips
-        .iter()
-        .zip(per)
-        .map(|(vip, p)| {
-            json!({
-                "vip": vip.to_string(),
-                "asked": p.asked,
-                "answered": p.answered,
-                "answered_by_two_or_more": p.doubles.len(),
-                "doubles": p.doubles,
-                "mac_changes": p.changes,
-                "macs": p.macs,
-            })
+    per.into_iter()
+        .map(|p| VipWatch {
+            answered_by_two_or_more: p.watch.doubles.len(),
+            ..p.watch
         })
-        .collect();
-    json!({"vips": list})
+        .collect()
 }
 
 pub(crate) async fn macwatch(o: MacWatchOpts) -> anyhow::Result<()> {
@@ -228,33 +219,25 @@ pub(crate) async fn macwatch(o: MacWatchOpts) -> anyhow::Result<()> {
             _ = &mut grace => break,
         }
     }
-    let mut out = summarize(&o.vips, &events);
-    out["started_us"] = json!(started);
-    out["stopped_us"] = json!(mono_us());
-    out["interval_ms"] = json!(o.interval.as_millis() as u64);
-    println!("{out}");
+    let out = WatchReport {
+        vips: summarize(&o.vips, &events),
+        started_us: started,
+        stopped_us: mono_us(),
+        interval_ms: o.interval.as_millis() as u64,
+    };
+    println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
 
 /// What the watch saw inside the time windows `[from, to)` (µs, monotonic): requests answered by
 /// two or more MACs, and changes of the claiming MAC.
-pub(crate) fn in_windows(watch: &Value, windows: &[(u64, u64)]) -> (usize, usize) {
+pub(crate) fn in_windows(vips: &[VipWatch], windows: &[(u64, u64)]) -> (usize, usize) {
     let inside = |t: u64| windows.iter().any(|(a, b)| t >= *a && t < *b);
     let mut doubles = 0;
     let mut changes = 0;
-    for v in watch["vips"].as_array().into_iter().flatten() {
-        doubles += v["doubles"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|d| d["t_us"].as_u64().is_some_and(inside))
-            .count();
-        changes += v["mac_changes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|d| d["t_us"].as_u64().is_some_and(inside))
-            .count();
+    for v in vips {
+        doubles += v.doubles.iter().filter(|d| inside(d.t_us)).count();
+        changes += v.mac_changes.iter().filter(|c| inside(c.t_us)).count();
     }
     (doubles, changes)
 }
@@ -309,18 +292,13 @@ mod tests {
             answered(3, A, 30_050),
         ];
         let s = summarize(&vips, &events);
-        let v = &s["vips"][0];
-        assert_eq!(v["asked"], 4);
-        assert_eq!(v["answered"], 3);
-        assert_eq!(v["answered_by_two_or_more"], 0);
-        let changes: Vec<&str> = v["mac_changes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["mac"].as_str().unwrap())
-            .collect();
+        let v = &s[0];
+        assert_eq!(v.asked, 4);
+        assert_eq!(v.answered, 3);
+        assert_eq!(v.answered_by_two_or_more, 0);
+        let changes: Vec<&str> = v.mac_changes.iter().map(|c| c.mac.as_str()).collect();
         assert_eq!(changes, [A, B, A]);
-        assert_eq!(v["mac_changes"][1]["by"], "claim");
+        assert_eq!(v.mac_changes[1].by, "claim");
     }
 
     #[test]
@@ -346,11 +324,11 @@ mod tests {
             answered(9, A, 200),
         ];
         let s = summarize(&vips, &events);
-        assert_eq!(s["vips"][0]["answered_by_two_or_more"], 1);
-        assert_eq!(s["vips"][0]["doubles"][0]["t_us"], 100);
-        assert_eq!(s["vips"][0]["doubles"][0]["macs"], json!([A, B]));
-        assert_eq!(s["vips"][1]["answered_by_two_or_more"], 0);
-        assert_eq!(s["vips"][1]["answered"], 1);
+        assert_eq!(s[0].answered_by_two_or_more, 1);
+        assert_eq!(s[0].doubles[0].t_us, 100);
+        assert_eq!(s[0].doubles[0].macs, [A, B]);
+        assert_eq!(s[1].answered_by_two_or_more, 0);
+        assert_eq!(s[1].answered, 1);
         // Inside a window that holds the double, and outside.
         assert_eq!(in_windows(&s, &[(90, 120)]), (1, 0));
         assert_eq!(in_windows(&s, &[(90, 165)]), (1, 2));

@@ -91,6 +91,7 @@ mod macwatch;
 mod pods;
 mod probe;
 mod report;
+mod results;
 mod scale;
 mod services;
 mod speakers;
@@ -103,6 +104,7 @@ use failover::*;
 use macwatch::*;
 use probe::*;
 use report::*;
+use results::*;
 use speakers::*;
 use std::path::Path;
 use system::System;
@@ -187,14 +189,14 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(macwatch(opts)),
         Command::Report { file } => {
-            let results = read_json(&file)?;
+            let results = read_results(&file)?;
             print!("{}", report(&results));
             Ok(())
         }
         Command::VersusLines { files } => {
             for file in files {
-                for line in versus::lines(&read_json(&file)?)? {
-                    println!("{line}");
+                for line in versus::lines(&read_results(&file)?)? {
+                    println!("{}", line.to_json()?);
                 }
             }
             Ok(())
@@ -208,7 +210,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn read_json(file: &Path) -> anyhow::Result<Value> {
+fn read_results(file: &Path) -> anyhow::Result<Results> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))

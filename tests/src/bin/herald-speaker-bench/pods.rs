@@ -199,49 +199,50 @@ impl Logs {
         }
     }
 
-    /// As the results file keeps them.
-    pub(crate) fn to_json(&self) -> Value {
-        let mut out = serde_json::Map::new();
-        for (node, levels) in &self.levels {
-            out.insert(
-                node.clone(),
-                json!({
-                    "levels": levels,
-                    "warnings_and_errors": self.messages.get(node).cloned().unwrap_or_default(),
-                }),
-            );
-        }
-        Value::Object(out)
+    /// As the results file keeps them: per node.
+    pub(crate) fn by_node(&self) -> BTreeMap<String, NodeLogs> {
+        self.levels
+            .iter()
+            .map(|(node, levels)| {
+                let logs = NodeLogs {
+                    levels: levels.clone(),
+                    warnings_and_errors: self.messages.get(node).cloned().unwrap_or_default(),
+                };
+                (node.clone(), logs)
+            })
+            .collect()
     }
 }
 
-/// What runs as each speaker: pod, node, image, image ID and restarts.
-pub(crate) fn speaker_images(pods: &Value) -> Vec<Value> {
-    let mut out: Vec<Value> = pods["items"]
+/// What runs as each speaker: pod, node, image, image ID and restarts. `pods` is `kubectl get
+/// pods -o json` as it comes (a `Value`: only these few fields are read, each may be missing).
+pub(crate) fn speaker_images(pods: &Value) -> Vec<SpeakerImage> {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let mut out: Vec<SpeakerImage> = pods["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             let status = &p["status"]["containerStatuses"][0];
-            json!({
-                "pod": p["metadata"]["name"],
-                "node": p["spec"]["nodeName"],
-                "image": p["spec"]["containers"][0]["image"],
-                "image_id": status["imageID"],
-                "restarts": status["restartCount"],
-            })
+            SpeakerImage {
+                pod: text(&p["metadata"]["name"]),
+                node: text(&p["spec"]["nodeName"]),
+                image: text(&p["spec"]["containers"][0]["image"]),
+                image_id: text(&status["imageID"]),
+                restarts: status["restartCount"].as_i64(),
+            }
         })
         .collect();
-    out.sort_by_key(|v| v["node"].as_str().unwrap_or_default().to_string());
+    out.sort_by_key(|v| v.node.clone().unwrap_or_default());
     out
 }
 
 /// The images (by ID) that ran at the end but not at the start.
-pub(crate) fn images_changed(start: &[Value], end: &[Value]) -> Vec<String> {
-    let ids = |v: &[Value]| -> BTreeSet<String> {
+pub(crate) fn images_changed(start: &[SpeakerImage], end: &[SpeakerImage]) -> Vec<String> {
+    let ids = |v: &[SpeakerImage]| -> BTreeSet<String> {
         v.iter()
-            .filter_map(|s| s["image_id"].as_str().map(str::to_string))
+            .filter_map(|s| s.image_id.clone())
             .filter(|s| !s.is_empty())
             .collect()
     };
@@ -311,23 +312,20 @@ mod tests {
         logs.line("hl-node1", p, r#"2026-12-01T00:00:03Z stdout F {"level":"INFO","message":"quorum changed","quorum":true}"#);
         logs.line("hl-node2", p, r#"2026-12-01T00:00:03Z stderr F {"caller":"main.go:1","level":"error","msg":"failed","error":"boom"}"#);
         logs.line("hl-node2", p, "2026-12-01T00:00:04Z stderr F 2026/12/01 00:00:04 [WARN] memberlist: Refuting a suspect message");
-        let j = logs.to_json();
-        assert_eq!(j["hl-node1"]["levels"]["WARN"], 1);
-        assert_eq!(j["hl-node1"]["levels"]["INFO"], 1);
+        let j = logs.by_node();
+        assert_eq!(j["hl-node1"].levels["WARN"], 1);
+        assert_eq!(j["hl-node1"].levels["INFO"], 1);
         assert_eq!(
-            j["hl-node1"]["warnings_and_errors"]["WARN another station claims an IP"],
+            j["hl-node1"].warnings_and_errors["WARN another station claims an IP"],
             1
         );
         assert_eq!(
-            j["hl-node1"]["warnings_and_errors"]["INFO quorum changed to true"],
+            j["hl-node1"].warnings_and_errors["INFO quorum changed to true"],
             1
         );
+        assert_eq!(j["hl-node2"].warnings_and_errors["ERROR failed: boom"], 1);
         assert_eq!(
-            j["hl-node2"]["warnings_and_errors"]["ERROR failed: boom"],
-            1
-        );
-        assert_eq!(
-            j["hl-node2"]["warnings_and_errors"]["WARN memberlist: Refuting a suspect message"],
+            j["hl-node2"].warnings_and_errors["WARN memberlist: Refuting a suspect message"],
             1
         );
     }
@@ -344,11 +342,11 @@ mod tests {
         ]});
         let start = speaker_images(&pods);
         assert_eq!(start.len(), 2);
-        assert_eq!(start[0]["node"], "hl-node1");
-        assert_eq!(start[1]["restarts"], 2);
+        assert_eq!(start[0].node.as_deref(), Some("hl-node1"));
+        assert_eq!(start[1].restarts, Some(2));
         assert!(images_changed(&start, &start).is_empty());
         let mut end = start.clone();
-        end[1]["image_id"] = json!("sha256:bb");
+        end[1].image_id = Some("sha256:bb".into());
         assert_eq!(images_changed(&start, &end), ["sha256:bb"]);
     }
 }

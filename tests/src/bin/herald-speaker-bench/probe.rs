@@ -2,6 +2,7 @@
 //! fault it triggers itself.
 
 use super::*;
+use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
 pub(crate) struct ProbeOpts {
@@ -29,6 +30,47 @@ pub(crate) struct ProbeOpts {
     /// The fault: a command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub(crate) fault: Vec<String>,
+}
+
+/// What the probe prints: its samples around the fault, on its own clock (µs since it started).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub(crate) struct ProbeReport {
+    /// When the fault command started and ended.
+    pub(crate) t0_us: u64,
+    pub(crate) t1_us: u64,
+    /// The fault command's exit status (-1: killed by a signal, -2: not started).
+    pub(crate) fault_status: i32,
+    pub(crate) samples: Vec<ProbeSample>,
+}
+
+/// One request: `[sent_us, done_us, node, error]` on the wire, one of the last two `null`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(from = "SampleTuple", into = "SampleTuple")]
+pub(crate) struct ProbeSample {
+    pub(crate) sent_us: u64,
+    pub(crate) done_us: u64,
+    /// The node that answered.
+    pub(crate) node: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+type SampleTuple = (u64, u64, Option<String>, Option<String>);
+
+impl From<SampleTuple> for ProbeSample {
+    fn from((sent_us, done_us, node, error): SampleTuple) -> ProbeSample {
+        ProbeSample {
+            sent_us,
+            done_us,
+            node,
+            error,
+        }
+    }
+}
+
+impl From<ProbeSample> for SampleTuple {
+    fn from(s: ProbeSample) -> SampleTuple {
+        (s.sent_us, s.done_us, s.node, s.error)
+    }
 }
 
 /// One HTTP GET on a fresh connection: the body (the node's name).
@@ -115,15 +157,27 @@ pub(crate) async fn probe(o: ProbeOpts) -> anyhow::Result<()> {
         samples.push(s);
     }
     samples.sort_by_key(|s| s.0);
-    let out = json!({
-        "t0_us": t0_us,
-        "t1_us": us(t1),
-        "fault_status": fault_status,
-        "samples": samples.iter().map(|(sent, done, r)| match r {
-            Ok(node) => json!([sent, done, node, null]),
-            Err(e) => json!([sent, done, null, e]),
-        }).collect::<Vec<_>>(),
-    });
+    let out = ProbeReport {
+        t0_us,
+        t1_us: us(t1),
+        fault_status,
+        samples: samples
+            .into_iter()
+            .map(|(sent_us, done_us, r)| {
+                let (node, error) = match r {
+                    Ok(node) => (Some(node), None),
+                    Err(e) => (None, Some(e)),
+                };
+                ProbeSample {
+                    sent_us,
+                    done_us,
+                    node,
+                    error,
+                }
+            })
+            .collect(),
+    };
+    let out = serde_json::to_string(&out)?;
     println!("{out}");
     Ok(())
 }

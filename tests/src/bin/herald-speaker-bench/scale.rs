@@ -43,13 +43,13 @@ impl Bench {
         for n in self.opts.scale_sizes.clone() {
             self.wait_quiet("the scale phase").await;
             let r = self.scale_run(n).await?;
-            log(format!("scale, {n} Services: {r}"));
-            self.record("scale", r);
+            log(format!("scale, {n} Services: {}", compact(&r)));
+            self.results.scale.push(r);
         }
         Ok(())
     }
 
-    async fn scale_run(&mut self, n: usize) -> anyhow::Result<Value> {
+    async fn scale_run(&mut self, n: usize) -> anyhow::Result<ScaleRun> {
         let arrivals = Arc::new(Mutex::new(Arrivals::default()));
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
         let mut watches = Vec::new();
@@ -149,22 +149,26 @@ impl Bench {
         let (gained1, _, _) = self.churn().await;
         let r = {
             let a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
-            json!({
-                "services": n,
-                "creates_s": round((last_create - first).as_secs_f64(), 2),
-                "complete": complete,
-                "ingress_written": a.ingress.len(),
-                "announcer_written": a.announced.len(),
-                "last_create_to_last_ingress_s": last_after(&a.ingress, last_create).map(|s| round(s, 3)),
-                "last_create_to_last_announcer_s": last_after(&a.announced, last_create).map(|s| round(s, 3)),
-                "first_create_to_last_ingress_s": last_after(&a.ingress, first).map(|s| round(s, 3)),
-                "first_create_to_last_announcer_s": last_after(&a.announced, first).map(|s| round(s, 3)),
-                "ips_gained": gained1.zip(gained0).map(|(b, a)| b - a),
-            })
+            let after = |times: &BTreeMap<String, Instant>, from: Instant| {
+                last_after(times, from).map(|s| round(s, 3))
+            };
+            ScaleRun {
+                services: n,
+                creates_s: Some(round((last_create - first).as_secs_f64(), 2)),
+                complete,
+                ingress_written: a.ingress.len(),
+                announcer_written: a.announced.len(),
+                last_create_to_last_ingress_s: after(&a.ingress, last_create),
+                last_create_to_last_announcer_s: after(&a.announced, last_create),
+                first_create_to_last_ingress_s: after(&a.ingress, first),
+                first_create_to_last_announcer_s: after(&a.announced, first),
+                ips_gained: gained1.zip(gained0).map(|(b, a)| b - a),
+            }
         };
         if !complete {
             self.anomaly(format!(
-                "scale, {n} Services: not every status written within {within:?}: {r}"
+                "scale, {n} Services: not every status written within {within:?}: {}",
+                compact(&r)
             ));
         }
         self.delete_labelled("speaker-bench/scale").await;

@@ -356,11 +356,14 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let end = json!({
-            "speakers_running": (0..self.n()).map(|i| self.speaker_pid(i).is_some()).collect::<Vec<_>>(),
-            "eth0_global_ipv6": futures::future::join_all((0..self.n()).map(|i| self.global_v6(i))).await,
-        });
-        log(format!("lab at the end: {end}"));
-        self.results.insert("lab_at_end".into(), end);
+        let end = LabAtEnd {
+            speakers_running: (0..self.n())
+                .map(|i| self.speaker_pid(i).is_some())
+                .collect(),
+            eth0_global_ipv6: futures::future::join_all((0..self.n()).map(|i| self.global_v6(i)))
+                .await,
+        };
+        log(format!("lab at the end: {}", compact(&end)));
+        self.results.lab_at_end = Some(end);
     }
 }

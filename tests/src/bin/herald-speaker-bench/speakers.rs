@@ -187,7 +187,9 @@ impl Bench {
                 settled_since = None;
             }
             if start.elapsed() > within {
-                bail!("the speakers did not all see every member with quorum for {need:?} within {within:?}");
+                bail!(
+                    "the speakers did not all see every member with quorum for {need:?} within {within:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
