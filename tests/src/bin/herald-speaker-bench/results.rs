@@ -513,3 +513,5 @@ pub(crate) struct ApiRestart {
     pub(crate) by_request: Option<BTreeMap<String, u64>>,
 }
 
+#[cfg(test)]
+mod tests;
