@@ -96,6 +96,7 @@ mod scale;
 mod services;
 mod speakers;
 mod system;
+mod verdict;
 mod versus;
 
 use arp::*;
@@ -108,6 +109,7 @@ use results::*;
 use speakers::*;
 use std::path::Path;
 use system::System;
+use verdict::*;
 
 const POOL4: &str = "speaker-bench-v4";
 
