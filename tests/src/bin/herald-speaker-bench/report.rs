@@ -29,7 +29,7 @@ macro_rules! shown_as_display {
     };
 }
 
-shown_as_display!(u32, u64, usize, i64, bool, String, str);
+shown_as_display!(u64, usize, String, str);
 
 impl<T: Shown + ?Sized> Shown for &T {
     fn shown(&self) -> String {

@@ -6,6 +6,11 @@
 //! readers show a missing figure as a dash. A field the run writes only sometimes is left out
 //! when absent (`skip_serializing_if`), as before; one it always writes stays, as `null` when
 //! unknown.
+//!
+//! No part of it is a free-form `serde_json::Value`: every part has a fixed shape. What stays a
+//! `Value` is outside input the run reads a few fields of where it reads it (`kubectl get pods`
+//! in `pods.rs`, audit log lines in `audit.rs`, speaker log records) and the Kubernetes objects
+//! it sends.
 
 use super::*;
 use herald_tests::bench::stats::Summary;
