@@ -232,15 +232,7 @@ pub fn node_barred(node: &Node) -> Option<String> {
     if node.labels().contains_key(EXCLUDE_LABEL) {
         return Some(format!("labelled {EXCLUDE_LABEL}"));
     }
-    let unavailable = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
-        });
-    unavailable.then(|| "NetworkUnavailable".to_string())
+    herald_config::node::network_unavailable(node).then(|| "NetworkUnavailable".to_string())
 }
 
 /// Builds the report.

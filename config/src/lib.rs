@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod announcement;
 pub mod l2advertisement;
 pub mod lease;
+pub mod node;
 pub mod pool;
 pub mod selection;
 pub mod service;

@@ -25,14 +25,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub fn node_info(node: &Node) -> NodeInfo {
     NodeInfo {
         labels: node.metadata.labels.clone().unwrap_or_default(),
-        network_unavailable: node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
-            }),
+        network_unavailable: herald_config::node::network_unavailable(node),
     }
 }
 
