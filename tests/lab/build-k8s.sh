@@ -73,12 +73,8 @@ cache_begin "${want_hash}" "${bin_dir}"
 # One command at a time, so the log shows which step runs and how long each took
 # (the Go build cache shares the common packages between them).
 for c in "${k8s_commands[@]}"; do
-  log "building ${c} ${K8S_VERSION} with $(go env GOVERSION) (cold, all six: about 8 minutes on 2 cores)"
-  (
-    cd "${lab_dir}/k8s"
-    go build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${stage}/${c}" "./cmd/${c}"
-  ) || die "building ${c} failed"
-  log "${c} built, $((SECONDS - start))s so far"
+  cache_go_build "${c} ${K8S_VERSION}" "cold, all six: about 8 minutes on 2 cores" \
+    "${lab_dir}/k8s" "${stage}/${c}" "./cmd/${c}" "${k8s_ldflags}"
 done
 
 log "building etcd ($(cd "${lab_dir}/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3))"

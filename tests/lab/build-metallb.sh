@@ -69,12 +69,8 @@ want_hash="$(cache_hash "${build_flags[*]} | ${ldflags}" "${module_dir}" go.mod 
 
 cache_begin "${want_hash}" "${bin_dir}"
 for c in "${commands[@]}"; do
-  log "building MetalLB's ${c} ${version} with $(go env GOVERSION) (cold, both: about 3 minutes on 2 cores)"
-  (
-    cd "${module_dir}"
-    go build "${build_flags[@]}" -ldflags="${ldflags}" -o "${stage}/metallb-${c}" "go.universe.tf/metallb/${c}"
-  ) || die "building MetalLB's ${c} failed"
-  log "${c} built, $((SECONDS - start))s so far"
+  cache_go_build "MetalLB's ${c} ${version}" "cold, both: about 3 minutes on 2 cores" \
+    "${module_dir}" "${stage}/metallb-${c}" "go.universe.tf/metallb/${c}" "${ldflags}"
 done
 
 # Smoke check before publishing: both parse their flags and exit (`-h` exits 0 with Go's flag

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# shellcheck disable=SC2154,SC2034 # out_dir, up_to_date and log come from the caller; stage
-# and start are the caller's
+# shellcheck disable=SC2154,SC2034 # out_dir, up_to_date, log, die and build_flags come from the
+# caller; stage and start are the caller's
 # Sourced by the tests/lab/build-*.sh scripts, which build a tool from its Go module into a
 # cache outside the repository (${HERALD_CACHE:-~/.cache/herald}) and rebuild it only when the
 # hash of what decides the build (the stamp) changes.
@@ -12,6 +12,11 @@
 #   lock, with ${stage} a fresh directory under ${out_dir} (removed on exit), the Go build
 #   environment set (static, no toolchain download) and ${start} the time it began.
 #   HERALD_BUILD_FORCE=1 rebuilds regardless of the stamp.
+#
+# cache_go_build NAME COLD DIR OUTPUT PACKAGE LDFLAGS
+#   Builds PACKAGE (as `go build` names it, from DIR) into OUTPUT with the caller's
+#   ${build_flags[@]} and LDFLAGS, saying before (with COLD, how long a cold build takes) and
+#   after (how long the script has run), so a long build shows which step runs.
 #
 # cache_hash RECIPE DIR FILE...
 #   Prints the stamp of a build: a hash of RECIPE (its flags), the Go toolchain and the FILEs
@@ -37,6 +42,16 @@ cache_begin() {
   trap "rm -rf '${stage}'" EXIT
   export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=""
   start=${SECONDS}
+}
+
+cache_go_build() {
+  local name="$1" cold="$2" dir="$3" output="$4" package="$5" ldflags="$6"
+  log "building ${name} with $(go env GOVERSION) (${cold})"
+  (
+    cd "${dir}"
+    go build "${build_flags[@]}" -ldflags="${ldflags}" -o "${output}" "${package}"
+  ) || die "building ${name} failed"
+  log "${name} built, $((SECONDS - start))s so far"
 }
 
 cache_hash() {
