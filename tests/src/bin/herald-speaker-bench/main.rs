@@ -112,6 +112,8 @@ use system::System;
 use verdict::*;
 
 const POOL4: &str = "speaker-bench-v4";
+/// The label naming the set a benchmark Service belongs to (`fo`, `bulk`, `scale`).
+const SET_LABEL: &str = "speaker-bench/set";
 
 const POOL6: &str = "speaker-bench-v6";
 

@@ -171,33 +171,50 @@ impl Bench {
                 compact(&r)
             ));
         }
-        self.delete_labelled("speaker-bench/scale").await;
+        self.delete_set("scale").await;
         Ok(r)
     }
 
-    /// Deletes the benchmark's Services and EndpointSlices carrying `label`, and waits (bounded)
-    /// until they are gone.
-    pub(crate) async fn delete_labelled(&self, label: &str) {
+    /// Deletes the benchmark's Services and EndpointSlices of one set (`speaker-bench/set=SET`,
+    /// as [`Bench::create_service`] labels them), and waits (bounded) until the Services are
+    /// gone, so the next run can make Services of the same names. Services cannot be deleted
+    /// as a collection (the API server refuses `deletecollection` on them), so one by one.
+    pub(crate) async fn delete_set(&self, set: &str) {
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
-        let lp = ListParams::default().labels(label);
+        let lp = ListParams::default().labels(&format!("{SET_LABEL}={set}"));
         let dp = DeleteParams::default();
-        let _ = services.delete_collection(&dp, &lp).await;
-        let _ = slices.delete_collection(&dp, &lp).await;
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(600) {
-            let left = services
-                .list_metadata(&lp.clone().limit(1))
-                .await
-                .map(|l| l.items.len())
-                .unwrap_or(0);
-            if left == 0 {
+            let names: Vec<String> = match services.list_metadata(&lp).await {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .filter_map(|s| s.metadata.name)
+                    .collect(),
+                Err(e) => {
+                    log(format!("listing the {set} Services to delete them: {e}"));
+                    Vec::new()
+                }
+            };
+            if names.is_empty() {
+                let _ = slices.delete_collection(&dp, &lp).await;
                 return;
             }
+            futures::stream::iter(names.iter().map(|name| {
+                let services = services.clone();
+                let dp = dp.clone();
+                async move {
+                    let _ = services.delete(name, &dp).await;
+                }
+            }))
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         log(format!(
-            "Services labelled {label} still there after 10 min"
+            "Services of the set {set} still there after 10 min"
         ));
     }
 }

@@ -49,7 +49,7 @@ impl Bench {
     /// EndpointSlice controller work per Service, so the bench measures the speakers. MetalLB's
     /// annotations, which Herald honours too, so both systems get the very same Services; no
     /// NodePorts (neither needs them, and 10,000 Services would exhaust the range). Labelled
-    /// `speaker-bench/set` with the name's prefix (`fo`, `bulk`, `scale`).
+    /// [`SET_LABEL`] with the name's prefix (`fo`, `bulk`, `scale`).
     pub(crate) async fn create_service(
         &self,
         name: &str,
@@ -62,7 +62,7 @@ impl Bench {
             annotations["metallb.io/loadBalancerIPs"] = json!(ip);
         }
         let set = name.split('-').next().unwrap_or(name);
-        let labels = json!({"speaker-bench/set": set});
+        let labels = json!({SET_LABEL: set});
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.ns);
         services
             .create(
@@ -98,7 +98,7 @@ impl Bench {
                 &serde_json::from_value(json!({
                     "metadata": {
                         "name": format!("{name}-{}", if v6 { "v6" } else { "v4" }),
-                        "labels": {"kubernetes.io/service-name": name, "speaker-bench/set": set}
+                        "labels": {"kubernetes.io/service-name": name, SET_LABEL: set}
                     },
                     "addressType": if v6 { "IPv6" } else { "IPv4" },
                     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
