@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -242,13 +243,18 @@ impl Heartbeats {
     /// Re-reads the caches: the key, the nodes' addresses, *K*. Returns whether *K* changed
     /// (the election reads it too).
     fn refresh(&self, state: &mut MembershipState, now: Instant) -> bool {
-        let secret = self.secret_key();
-        let observed = match &secret {
-            Some(k) => SecretKey::Present(k),
-            None => SecretKey::Missing,
-        };
-        if let Some(event) = state.keys.observe(observed, now) {
-            self.key_event(event);
+        // Until the Secret watch has listed, an empty cache says nothing about the Secret: judged
+        // then, every start would report the key missing (a Warning Event and a key problem
+        // counted) a few hundred milliseconds before loading it. Unkeyed meanwhile, as before.
+        if secrets_listed(&self.secrets) {
+            let secret = self.secret_key();
+            let observed = match &secret {
+                Some(k) => SecretKey::Present(k),
+                None => SecretKey::Missing,
+            };
+            if let Some(event) = state.keys.observe(observed, now) {
+                self.key_event(event);
+            }
         }
         self.metrics.set_key_loaded(state.keys.is_keyed());
         self.metrics
@@ -521,6 +527,14 @@ impl Heartbeats {
     }
 }
 
+/// Whether a watch's cache has had its first complete list (its store is ready).
+fn secrets_listed(store: &Store<Secret>) -> bool {
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
+}
+
 /// Resolves when the witness holder relied upon changes; never without a witness.
 async fn witness_changed(witness: Option<&Witness>) {
     match witness {
@@ -565,6 +579,17 @@ mod tests {
             socket.local_addr().unwrap().ip(),
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         );
+    }
+
+    #[test]
+    fn a_secret_cache_counts_as_listed_only_after_its_first_complete_list() {
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = kube::runtime::reflector::store::<Secret>();
+        assert!(!secrets_listed(&store));
+        writer.apply_watcher_event(&Event::Init);
+        assert!(!secrets_listed(&store), "listing, not yet listed");
+        writer.apply_watcher_event(&Event::InitDone);
+        assert!(secrets_listed(&store), "listed, even with no Secret");
     }
 
     #[test]
