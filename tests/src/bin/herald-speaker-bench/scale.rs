@@ -44,7 +44,10 @@ impl Bench {
             self.wait_quiet("the scale phase").await;
             let r = self.scale_run(n).await?;
             log(format!("scale, {n} Services: {}", compact(&r)));
+            // Kept before the clean-up, which takes minutes at 10,000: a run stopped meanwhile
+            // still has the figure.
             self.results.scale.push(r);
+            self.delete_set("scale").await;
         }
         Ok(())
     }
@@ -171,7 +174,6 @@ impl Bench {
                 compact(&r)
             ));
         }
-        self.delete_set("scale").await;
         Ok(r)
     }
 
