@@ -174,10 +174,7 @@ impl Bench {
                         ok = false;
                         why.push(format!("{}: no metrics", self.nodes[i].name));
                     }
-                    Some(v)
-                        if v.members.is_some_and(|m| m as usize != self.n())
-                            || v.quorum.is_some_and(|q| q != 1.0) =>
-                    {
+                    Some(v) if !v.sees_everyone(self.n()) => {
                         ok = false;
                         why.push(format!(
                             "{}: members {:?} quorum {:?}",

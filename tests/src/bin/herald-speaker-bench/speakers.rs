@@ -16,6 +16,12 @@ pub(crate) struct SpeakerView {
 }
 
 impl SpeakerView {
+    /// Whether the speaker sees all `nodes` members and has quorum (true for a system that does
+    /// not publish those: MetalLB).
+    pub(crate) fn sees_everyone(&self, nodes: usize) -> bool {
+        self.members.is_none_or(|m| m as usize == nodes) && self.quorum.is_none_or(|q| q == 1.0)
+    }
+
     /// The view of one scrape of `system`'s speaker.
     pub(crate) fn parse(system: System, text: &str) -> SpeakerView {
         let mut v = SpeakerView::default();
@@ -172,12 +178,9 @@ impl Bench {
         let mut settled_since: Option<Instant> = None;
         loop {
             let views = self.views().await;
-            let settled = views.iter().all(|v| {
-                v.as_ref().is_some_and(|v| {
-                    v.members.is_none_or(|m| m as usize == self.n())
-                        && v.quorum.is_none_or(|q| q == 1.0)
-                })
-            });
+            let settled = views
+                .iter()
+                .all(|v| v.as_ref().is_some_and(|v| v.sees_everyone(self.n())));
             if settled {
                 let since = *settled_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= need {
