@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::schedule::{Applied, FaultKind, PlannedFault, Target};
@@ -21,6 +21,8 @@ use crate::node_lab::{Lab, Node};
 const SYSTEM: &str = "herald-system";
 const CONTROLLER_LEASE: &str = "herald-controller";
 const MEMBERSHIP_SECRET: &str = "herald-memberlist";
+const CONTROLLER_PODS: &str =
+    "app.kubernetes.io/name=herald,app.kubernetes.io/component=controller";
 
 /// What the faults act on.
 pub struct Injector {
@@ -141,8 +143,14 @@ impl Injector {
     }
 
     /// SIGKILL to the controller replica named in the leader Lease; done when the Lease has
-    /// been written again (a replica leads).
+    /// been written again (a replica leads). First waits until every replica is Ready: the
+    /// kubelet restarts a killed container after a back-off that doubles with each restart
+    /// (10 s, 20 s, 40 s, ...), so a kill every few minutes could otherwise find the standby
+    /// still backing off, and kill the only replica (in the first 30-minute run, 4 of 12
+    /// leader kills found no replica to take over).
     async fn kill_leader(&self) -> anyhow::Result<()> {
+        self.wait_controllers_ready(Duration::from_secs(300))
+            .await?;
         let leases: Api<Lease> = Api::namespaced(self.case.client.clone(), SYSTEM);
         let lease = leases.get(CONTROLLER_LEASE).await?;
         let holder = lease
@@ -180,6 +188,26 @@ impl Injector {
         }
     }
 
+    /// Waits (up to `within`) until every controller pod is Ready.
+    async fn wait_controllers_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.case.client.clone(), SYSTEM);
+        let lp = ListParams::default().labels(CONTROLLER_PODS);
+        let deadline = Instant::now() + within;
+        loop {
+            let list = pods.list(&lp).await?;
+            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            if ready > 0 && ready == list.items.len() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{ready} of {} controller replicas Ready after {within:?}",
+                list.items.len()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// A new random key in the membership Secret.
     async fn rotate_key(&self) -> anyhow::Result<()> {
         let key = format!(
@@ -199,6 +227,14 @@ impl Injector {
             .await?;
         Ok(())
     }
+}
+
+/// Whether the pod's Ready condition is True.
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
