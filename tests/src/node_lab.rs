@@ -124,6 +124,14 @@ impl Lab {
 /// `HERALD_LAB_DIR`, else the directory of `KUBECONFIG` when it holds an `env`, else the
 /// repository's `.lab`.
 pub fn lab_dir() -> PathBuf {
+    let dir = lab_dir_as_given();
+    // Canonical, as the lab's scripts write it into the command lines of the processes they
+    // start: a process is recognised as the lab's by that path (`tests/../.lab` matched
+    // nothing, and every api-pause of a 30-minute chaos run failed to find kube-apiserver).
+    dir.canonicalize().unwrap_or(dir)
+}
+
+fn lab_dir_as_given() -> PathBuf {
     if let Some(dir) = std::env::var_os("HERALD_LAB_DIR") {
         return PathBuf::from(dir);
     }
