@@ -451,16 +451,35 @@ impl Capture {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", lab.client_ns()?, "tcpdump", "-i"])
+        let log_path = path.with_extension("tcpdump.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        // `-Z root`: with `-C`, tcpdump opens each file after dropping to its own user, who
+        // may not write here (the first 30-minute runs kept no capture: "Permission denied").
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.client_ns()?,
+                "tcpdump",
+                "-Z",
+                "root",
+                "-i",
+            ])
             .arg(lab.var("HERALD_CLIENT_IF")?)
             .args(["-s", "128", "-U", "-C", "50", "-W", "10", "-w"])
             .arg(path)
             .arg("arp or icmp6 or (ip and tcp[tcpflags] & (tcp-syn|tcp-rst) != 0) or (ip6 and tcp)")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting tcpdump")?;
+        // A capture that cannot start stops the run before any fault, with tcpdump's reason.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Some(status) = child.try_wait().context("waiting for tcpdump")? {
+            let reason = std::fs::read_to_string(&log_path).unwrap_or_default();
+            anyhow::bail!("tcpdump exited at once ({status}): {}", reason.trim());
+        }
         Ok(Capture { child })
     }
 
