@@ -13,8 +13,9 @@ use kube::core::{Selector, SelectorExt};
 use serde::Serialize;
 
 use crate::cluster::{Scope, SecretState, Snapshot};
-use crate::status::{is_ready, node_barred};
+use crate::status::node_barred;
 use crate::table;
+use herald_config::pod::is_ready;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

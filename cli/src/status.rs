@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use herald_config::IpRange;
+use herald_config::pod::is_ready;
 use herald_config::service::{ServiceKey, status_ips};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
@@ -217,14 +218,6 @@ fn pool_usage(pool: &herald_config::IPAddressPool) -> PoolUsage {
         used_percent: (total > 0).then(|| held as f64 * 100.0 / total as f64),
         problems,
     }
-}
-
-/// Whether the pod's Ready condition is True.
-pub fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Why a node may not announce whatever its speaker says, if it may not.

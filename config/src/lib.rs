@@ -6,6 +6,7 @@ pub mod announcement;
 pub mod l2advertisement;
 pub mod lease;
 pub mod node;
+pub mod pod;
 pub mod pool;
 pub mod selection;
 pub mod service;

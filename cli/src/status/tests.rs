@@ -1,6 +1,6 @@
 use super::*;
 use crate::metrics_text::SpeakerMetrics;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::json;
 
 fn at(s: i64) -> Timestamp {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use herald_config::pod::is_ready;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -195,7 +196,7 @@ impl Injector {
         let deadline = Instant::now() + within;
         loop {
             let list = pods.list(&lp).await?;
-            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            let ready = list.items.iter().filter(|p| is_ready(p)).count();
             if ready > 0 && ready == list.items.len() {
                 return Ok(());
             }
@@ -227,14 +228,6 @@ impl Injector {
             .await?;
         Ok(())
     }
-}
-
-/// Whether the pod's Ready condition is True.
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
