@@ -1,5 +1,5 @@
-//! What a Pod's status says, read the same way by the CLI (is the node's speaker ready?) and
-//! the lab's tests (are both controller replicas ready?).
+//! Whether a Pod is Ready: one reading for the CLI (is the node's speaker ready?) and the lab's
+//! tests (are both controller replicas ready?).
 
 use k8s_openapi::api::core::v1::Pod;
 
